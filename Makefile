@@ -1,0 +1,58 @@
+# Everything sets itself up: `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard proto/rnnserve_proto/*.proto)
+
+.PHONY: install proto demo serve test pytest lint format typecheck check bench bench-train repository clean
+
+install: $(STAMP)
+
+# The editable install runs the build hook, which generates the protobuf modules.
+$(STAMP): pyproject.toml hatch_build.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[server,client-cli,train,dev]'
+	touch $@
+
+# Regenerate after editing a .proto (also done by every build).
+proto: $(STAMP) $(PROTOS)
+	$(BIN)/python hatch_build.py 2>/dev/null
+
+demo: proto
+	$(BIN)/rnnserve-client demo
+
+serve: proto
+	$(BIN)/rnnserve serve --model-repository model_repository
+
+test: lint typecheck pytest
+
+pytest: proto
+	$(BIN)/python -m pytest
+
+lint: proto
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: proto
+	$(BIN)/mypy
+
+check: test
+
+bench: proto
+	$(BIN)/python -m bench.serving
+
+bench-train: proto
+	$(BIN)/python -m bench.training
+
+# Retrain and re-export the shipped model repository (needs the train extra; minutes on CPU).
+repository: proto
+	$(BIN)/rnnserve-train ship --repository model_repository
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache proto/rnnserve_proto/*_pb2*

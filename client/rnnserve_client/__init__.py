@@ -1,0 +1,1 @@
+"""Python client for rnnserve (needs only grpcio and numpy)."""

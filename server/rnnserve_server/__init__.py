@@ -1,0 +1,7 @@
+"""rnnserve's server: ONNX Runtime sessions from a model repository, per-session recurrent state,
+a session-aware batcher, and gRPC front ends (native API and KServe v2) over one service layer.
+
+Layers (imports only point downwards; nothing below `grpc_api` imports grpc):
+    grpc_api (servicers, protobuf conversion)  ->  service  ->  batcher, session store  ->  runtime
+The server never imports torch, onnx or the training package.
+"""

@@ -1,0 +1,106 @@
+"""Server settings: one pydantic-settings object, built once in main() and passed down.
+
+Precedence (highest first): CLI flags, environment variables (RNNSERVE_<FIELD>, nested with
+"__"), a TOML/YAML-free JSON or TOML config file (--config / RNNSERVE_CONFIG_FILE), defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RuntimeSettings(BaseModel):
+    """ONNX Runtime execution."""
+
+    providers: list[Literal["cuda", "cpu"]] = Field(
+        default=["cuda", "cpu"],
+        description="Execution providers in order of preference; CUDA falls back to CPU with one "
+        "log line when it is not usable.",
+    )
+    cuda_device_id: int = Field(0, description="GPU used by the CUDA execution provider.")
+    intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads (0 = ORT default).")
+    inter_op_threads: int = Field(0, description="ONNX Runtime inter-op threads (0 = ORT default).")
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="ONNX Runtime graph optimisation level."
+    )
+    run_workers: int = Field(
+        2, description="Threads that run ONNX Runtime (its run() releases the GIL)."
+    )
+
+
+class BatcherSettings(BaseModel):
+    """Per-model coalescing of steps from many sessions into one run."""
+
+    max_batch_size: int = Field(256, ge=1, description="Most sessions in one ONNX Runtime run.")
+    max_queue_delay_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long a non-full batch may wait for more work. 0 = run as soon as the "
+        "previous run finished (batches still form while a run is in flight).",
+    )
+
+
+class SessionSettings(BaseModel):
+    """Per-session state store."""
+
+    max_sessions_per_model: int = Field(100_000, ge=1, description="Capacity of each model.")
+    eviction: Literal["reject", "lru"] = Field(
+        "reject",
+        description="When a model is full: reject new sessions with RESOURCE_EXHAUSTED, or evict "
+        "the least recently used session.",
+    )
+    idle_ttl_s: float = Field(
+        3600.0, ge=0, description="Sessions idle longer than this are evicted (0 = never)."
+    )
+    sweep_interval_s: float = Field(5.0, gt=0, description="How often the TTL sweeper runs.")
+
+
+class LimitSettings(BaseModel):
+    """Request validation limits."""
+
+    max_chunk_steps: int = Field(4096, ge=1, description="Most steps in one chunk.")
+    max_predict_steps: int = Field(100_000, ge=1, description="Most steps in one Predict call.")
+    max_forecast_horizon: int = Field(10_000, ge=1, description="Largest Forecast horizon.")
+    max_frame_sessions: int = Field(4096, ge=1, description="Most sessions in one frame.")
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent."
+    )
+    allow_non_finite: bool = Field(False, description="Accept NaN/Inf inputs instead of rejecting.")
+
+
+class ServerSettings(BaseSettings):
+    """Everything the server needs; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RNNSERVE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    model_repository: Path = Field(
+        Path("model_repository"), description="Root of the Triton-style model repository."
+    )
+    models: list[str] = Field(
+        default_factory=list, description="Models to load (empty = every model in the repository)."
+    )
+    host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
+    port: int = Field(8001, ge=0, le=65535, description="gRPC port (0 = pick a free port).")
+    metrics_port: int = Field(
+        8002, ge=0, le=65535, description="Prometheus /metrics HTTP port (0 = pick a free port)."
+    )
+    grpc_workers: int = Field(
+        16, ge=1, description="Threads for unary handlers that block (admin calls)."
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="On SIGTERM: time to finish in-flight work before exiting."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Structured logs as JSON lines."
+    )
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    batcher: BatcherSettings = Field(default_factory=BatcherSettings)
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
