@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml hatch_build.py
 	$(BIN)/python -m pip install -q -e '.[server,client-cli,train,dev]'
 	touch $@
 
-# Regenerate after editing a .proto (also done by every build).
-proto: $(STAMP) $(PROTOS)
+# Regenerate after editing a .proto (every build also does it); only when a .proto is newer.
+GENERATED := $(PROTOS:.proto=_pb2.py)
+proto: $(GENERATED)
+$(GENERATED) &: $(PROTOS) $(STAMP)
 	$(BIN)/python hatch_build.py 2>/dev/null
 
 demo: proto
