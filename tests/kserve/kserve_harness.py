@@ -14,17 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1.health import aio as health_aio
-from prometheus_client import CollectorRegistry
 
 from rnnserve_proto import model_repository_pb2 as mr
 from rnnserve_proto import rnnserve_pb2_grpc as pb_grpc
 from rnnserve_server import app as app_module
 from rnnserve_server.config import ServerSettings
 from rnnserve_server.grpc_api import kserve
-from rnnserve_server.grpc_api.recording import Recorder
 from rnnserve_server.repository import read_metadata
-from rnnserve_server.service import InferenceService
 
 ROOT = Path(__file__).resolve().parents[2]
 # The tiny repository builder and the offline reference live with the server tests
@@ -99,34 +95,11 @@ class ServerThread:
     async def _start(self) -> int:
         app = app_module.App(self.settings)
         ports = await app.start()
-        for spec in app.specs:
-            if spec.service_name == kserve.SERVICE_NAME:
-                self.kserve = spec.servicer
-                self._stop = app.shutdown
-                return ports.grpc
-        # app.py does not register the KServe front end yet: assemble the same server with it.
-        await app.shutdown()
-        return await self._start_with_kserve()
-
-    async def _start_with_kserve(self) -> int:
-        settings = self.settings
-        service = await InferenceService.create(settings, registry=CollectorRegistry())
-        recorder = Recorder(getattr(service, "metrics", None), service.model_names())
-        specs = app_module.servicers(service, recorder)
-        self.kserve = kserve.KServeServicer(service, recorder, settings)
-        specs.append(
-            app_module.ServicerSpec(kserve.add_to_server, self.kserve, kserve.SERVICE_NAME)
+        self._stop = app.shutdown
+        self.kserve = next(
+            spec.servicer for spec in app.specs if spec.service_name == kserve.SERVICE_NAME
         )
-        server = app_module.build_server(settings, specs, health_aio.HealthServicer())
-        port = server.add_insecure_port(f"{settings.host}:0")
-        await server.start()
-
-        async def stop() -> None:
-            await server.stop(1.0)
-            await service.close(1.0)
-
-        self._stop = stop
-        return port
+        return ports.grpc
 
     def call(self, fn: Any) -> Any:
         """Run `fn()` on the server's event loop and return its result."""

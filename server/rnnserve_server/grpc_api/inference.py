@@ -1,0 +1,272 @@
+"""The Inference servicer: Stream, Step, Predict, Forecast. Converts, delegates, reports.
+
+Stream multiplexes sessions: every request becomes a task as soon as it is read, so slow requests
+never hold up others; tasks are created (and so reach `service.step`) in arrival order, which is
+what keeps each session's chunks in order. Replies go out as their tasks finish, except that a
+reply never overtakes an earlier reply of the same session on the same stream (a rejection is
+answered at once by the service, so it waits for the session's previous reply).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from time import perf_counter
+from typing import Any
+
+import grpc
+from typing_extensions import override
+
+from rnnserve_proto import rnnserve_pb2 as pb
+from rnnserve_proto import rnnserve_pb2_grpc as pb_grpc
+from rnnserve_server.errors import ErrorCode, InvalidArgument, RnnServeError
+from rnnserve_server.grpc_api import convert
+from rnnserve_server.grpc_api.recording import Recorder
+from rnnserve_server.grpc_api.status import abort, as_service_error, code_name, status_proto
+from rnnserve_server.service import InferenceService
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_OK = code_name(ErrorCode.OK)
+_NO_KIND = InvalidArgument("StreamRequest carries neither a step nor a frame")
+_CANCELLED = pb.StreamResponse()  # marker: a request task was cancelled, nothing to send
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    def __init__(self, service: InferenceService, recorder: Recorder) -> None:
+        self._service = service
+        self._rec = recorder
+        # Stream readers, cancelled on shutdown so open streams stop taking new work.
+        self._readers: set[asyncio.Task[None]] = set()
+        self._draining = False
+        self._latest: dict[str, int] | None = None
+
+    def begin_drain(self) -> None:
+        """Shutdown stage: open streams stop reading, answer what they took, then end with
+        UNAVAILABLE so clients reconnect elsewhere."""
+        self._draining = True
+        for reader in list(self._readers):
+            reader.cancel()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    # -- Stream ----------------------------------------------------------------------------------
+    @override
+    async def Stream(
+        self, request_iterator: AsyncIterator[pb.StreamRequest], context: Context
+    ) -> AsyncIterator[pb.StreamResponse]:
+        loop = asyncio.get_running_loop()
+        replies: asyncio.Queue[pb.StreamResponse | None] = asyncio.Queue()
+        put = replies.put_nowait
+        # In-flight request tasks -> their session id; `tails` holds each session's latest task,
+        # so a reply (an early rejection in particular) never overtakes an earlier one of its
+        # session on this stream.
+        inflight: dict[asyncio.Task[pb.StreamResponse], str] = {}
+        tails: dict[str, asyncio.Task[pb.StreamResponse]] = {}
+        submitted = 0
+
+        def finished(task: asyncio.Task[pb.StreamResponse]) -> None:
+            session_id = inflight.pop(task)
+            if session_id and tails.get(session_id) is task:
+                del tails[session_id]
+            # A cancelled task (only at loop teardown) still counts, so the writer can finish.
+            put(_CANCELLED if task.cancelled() else task.result())
+
+        async def read() -> None:
+            nonlocal submitted
+            try:
+                async for request in request_iterator:
+                    kind = request.WhichOneof("kind")
+                    session_id = ""
+                    if kind == "step":
+                        step = request.step
+                        session_id = step.session_id
+                        coro: Any = self._stream_step(step, tails.get(session_id))
+                    elif kind == "frame":
+                        coro = self._stream_frame(request.frame)
+                    else:
+                        submitted += 1
+                        put(pb.StreamResponse(step=pb.StepResponse(status=status_proto(_NO_KIND))))
+                        continue
+                    task = loop.create_task(coro)
+                    inflight[task] = session_id
+                    if session_id:
+                        tails[session_id] = task
+                    task.add_done_callback(finished)
+                    submitted += 1
+            finally:
+                put(None)
+
+        if self._draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        reader = loop.create_task(read())
+        self._readers.add(reader)
+        sent = 0
+        reading = True
+        try:
+            while reading or sent < submitted:
+                reply = await replies.get()
+                if reply is None:
+                    reading = False
+                    continue
+                sent += 1
+                if reply is not _CANCELLED:
+                    yield reply
+            if reader.cancelled():
+                if self.draining:
+                    context.set_code(grpc.StatusCode.UNAVAILABLE)
+                    context.set_details("server is shutting down; reconnect to continue")
+            else:
+                failure = reader.exception()
+                if failure is not None:
+                    # The read side failed (e.g. an oversized message): end the call with it.
+                    raise failure
+        finally:
+            self._readers.discard(reader)
+            reader.cancel()
+
+    async def _stream_step(
+        self, request: pb.StepRequest, previous: asyncio.Task[pb.StreamResponse] | None
+    ) -> pb.StreamResponse:
+        started = perf_counter()
+        try:
+            out = await self._service.step(convert.step_input(request))
+        except Exception as exc:  # each request gets its own reply; the stream stays up
+            error = as_service_error(exc)
+            step: int | None = None
+            if previous is None:
+                step = self._step_of(request.session_id)
+            else:
+                # Rejections are fast: wait so that this reply comes after the session's earlier
+                # chunks on this stream, and report the count they left.
+                if not previous.done():
+                    await asyncio.wait((previous,))
+                step = _step_after(previous, request.session_id)
+            if step is None:
+                step = self._step_of(request.session_id)
+            self._rec.request(
+                request.model,
+                "stream_step",
+                code_name(error.code),
+                perf_counter() - started,
+                _rows(request.input),
+            )
+            return pb.StreamResponse(
+                step=convert.step_error_response(request, status_proto(error), step)
+            )
+        if previous is not None and not previous.done():
+            await asyncio.wait((previous,))
+        response = pb.StreamResponse()
+        convert.step_response(out, request.request_id, response.step)
+        self._rec.request(out.model, "stream_step", _OK, perf_counter() - started, len(out.y))
+        return response
+
+    async def _stream_frame(self, request: pb.FrameRequest) -> pb.StreamResponse:
+        started = perf_counter()
+        try:
+            out = await self._service.frame(convert.frame_input(request))
+        except Exception as exc:
+            error = as_service_error(exc)
+            code = code_name(error.code)
+            self._rec.request(request.model, "frame", code, perf_counter() - started)
+            return pb.StreamResponse(
+                frame=convert.frame_error_response(request, status_proto(error))
+            )
+        response = pb.StreamResponse(frame=convert.frame_response(out, request.request_id))
+        self._rec.request(out.model, "frame", _OK, perf_counter() - started)
+        steps_per_session = out.y.shape[1] if out.y.ndim == 3 else 0
+        ok = sum(1 for e in out.errors if e is None)
+        self._rec.steps(out.model, _OK, ok * steps_per_session)
+        for failed in out.errors:
+            if failed is not None:
+                self._rec.steps(out.model, code_name(failed.code), steps_per_session)
+        return response
+
+    def _step_of(self, session_id: str) -> int:
+        """The step count reported with a rejected chunk: the session's (unchanged) count, or -1
+        when it does not exist."""
+        if not session_id:
+            return -1
+        try:
+            return self._service.get_session(session_id).step
+        except RnnServeError:
+            return -1
+
+    # -- unary -----------------------------------------------------------------------------------
+    @override
+    async def Step(self, request: pb.StepRequest, context: Context) -> pb.StepResponse:
+        started = perf_counter()
+        try:
+            out = await self._service.step(convert.step_input(request))
+        except Exception as exc:
+            error = as_service_error(exc)
+            self._rec.request(
+                request.model,
+                "step",
+                code_name(error.code),
+                perf_counter() - started,
+                _rows(request.input),
+            )
+            await abort(context, error)
+        response = convert.step_response(out, request.request_id)
+        self._rec.request(out.model, "step", _OK, perf_counter() - started, len(out.y))
+        return response
+
+    @override
+    async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
+        started = perf_counter()
+        steps = 0
+        try:
+            x = convert.tensor_to_array(request.input, (2, 3))
+            steps = x.size // x.shape[-1] if x.shape[-1] else 0
+            version = convert.version_or_latest(request.model_version)
+            y = await self._service.predict(request.model, version, x)
+            resolved = self._resolved_version(request.model, version)
+        except Exception as exc:
+            error = as_service_error(exc)
+            self._rec.request(
+                request.model, "predict", code_name(error.code), perf_counter() - started, steps
+            )
+            await abort(context, error)
+        response = convert.predict_response(y, request, resolved)
+        self._rec.request(request.model, "predict", _OK, perf_counter() - started, steps)
+        return response
+
+    @override
+    async def Forecast(self, request: pb.ForecastRequest, context: Context) -> pb.ForecastResponse:
+        started = perf_counter()
+        model = ""
+        try:
+            model = self._service.get_session(request.session_id).model
+            y, step = await self._service.forecast(request.session_id, request.horizon)
+        except Exception as exc:
+            error = as_service_error(exc)
+            self._rec.request(model, "forecast", code_name(error.code), perf_counter() - started)
+            await abort(context, error)
+        response = convert.forecast_response(y, step, request)
+        self._rec.request(model, "forecast", _OK, perf_counter() - started, len(y))
+        return response
+
+    def _resolved_version(self, model: str, version: int | None) -> int:
+        if version is not None:
+            return version
+        if self._latest is None:  # models are loaded once at startup; look them up once
+            self._latest = {m.name: m.latest_version for m in self._service.list_models()}
+        return self._latest.get(model, 0)
+
+
+def _step_after(task: asyncio.Task[pb.StreamResponse], session_id: str) -> int | None:
+    """The step count the reply of `task` reported for `session_id` (None if unknown)."""
+    if task.cancelled():
+        return None
+    reply = task.result().step
+    return reply.step if reply.session_id == session_id else None
+
+
+def _rows(tensor: pb.Tensor) -> int:
+    """Steps a rejected chunk carried (its first dimension), for steps_total{code!=OK}."""
+    return int(tensor.shape[0]) if len(tensor.shape) == 2 else 0

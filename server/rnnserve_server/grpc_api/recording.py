@@ -1,0 +1,51 @@
+"""Request-level metrics as the front end sees them (method, status code, latency, steps).
+
+The metric objects live in `rnnserve_server.metrics.Metrics` (on the injected registry, exposed as
+`service.metrics`). This adapter keeps the hot path cheap: the labelled children are looked up
+once per (model, method, code) and cached, since prometheus_client's `labels()` takes a lock and
+validates on every call. It also bounds label cardinality: a model name nobody loaded is recorded
+as "" instead of growing a series per typo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rnnserve_server.metrics import Metrics
+
+
+class Recorder:
+    def __init__(self, metrics: Metrics | None, models: Iterable[str]) -> None:
+        self._metrics = metrics
+        self._known = frozenset(models)
+        self._requests: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._steps: dict[tuple[str, str], Any] = {}
+
+    def request(self, model: str, method: str, code: str, latency_s: float, steps: int = 0) -> None:
+        """One finished request: counted by status, its latency observed, its steps counted."""
+        if self._metrics is None:
+            return
+        if model not in self._known:
+            model = ""
+        key = (model, method, code)
+        children = self._requests.get(key)
+        if children is None:
+            children = self._requests[key] = (
+                self._metrics.requests_total.labels(model, method, code),
+                self._metrics.request_latency.labels(model, method),
+            )
+        children[0].inc()
+        children[1].observe(latency_s)
+        if steps > 0:
+            self.steps(model, code, steps)
+
+    def steps(self, model: str, code: str, steps: int) -> None:
+        if self._metrics is None or steps <= 0:
+            return
+        if model not in self._known:
+            model = ""
+        child = self._steps.get((model, code))
+        if child is None:
+            child = self._steps[(model, code)] = self._metrics.steps_total.labels(model, code)
+        child.inc(steps)

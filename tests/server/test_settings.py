@@ -1,0 +1,86 @@
+"""Settings precedence: flags > RNNSERVE_* environment > config file (TOML or JSON) > defaults."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from grpc_helpers import RNNSERVE
+from pydantic import ValidationError
+
+from rnnserve_server.cli import load_settings
+from rnnserve_server.config import ServerSettings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("RNNSERVE_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_work() -> None:
+    s = load_settings()
+    assert s == ServerSettings()
+    assert s.port == 8001
+    assert s.sessions.eviction == "reject"
+
+
+def test_toml_file_sets_nested_fields(tmp_path: Path) -> None:
+    cfg = tmp_path / "rnnserve.toml"
+    cfg.write_text(
+        'port = 9100\nmodels = ["a"]\n[sessions]\nmax_sessions_per_model = 7\neviction = "lru"\n'
+    )
+    s = load_settings(cfg)
+    assert (s.port, s.models) == (9100, ["a"])
+    assert (s.sessions.max_sessions_per_model, s.sessions.eviction) == (7, "lru")
+    assert s.sessions.idle_ttl_s == ServerSettings().sessions.idle_ttl_s  # untouched default
+
+
+def test_env_beats_file_and_flags_beat_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "rnnserve.json"
+    cfg.write_text(json.dumps({"port": 9100, "metrics_port": 9101, "sessions": {"idle_ttl_s": 5}}))
+    monkeypatch.setenv("RNNSERVE_PORT", "9200")
+    monkeypatch.setenv("RNNSERVE_SESSIONS__IDLE_TTL_S", "6")
+    s = load_settings(cfg)
+    assert (s.port, s.metrics_port, s.sessions.idle_ttl_s) == (9200, 9101, 6.0)
+    s = load_settings(cfg, port=9300, sessions={"max_sessions_per_model": 3})
+    assert s.port == 9300
+    # A flag for one nested field leaves the others from env/file in place.
+    assert (s.sessions.max_sessions_per_model, s.sessions.idle_ttl_s) == (3, 6.0)
+
+
+def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("shutdown_grace_s = 2.5\n")
+    monkeypatch.setenv("RNNSERVE_CONFIG_FILE", str(cfg))
+    assert load_settings().shutdown_grace_s == 2.5
+
+
+def test_typos_and_bad_values_are_rejected(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("prot = 1\n")
+    with pytest.raises(ValidationError, match="prot"):
+        load_settings(cfg)
+    cfg.write_text('[sessions]\neviction = "random"\n')
+    with pytest.raises(ValidationError, match="eviction"):
+        load_settings(cfg)
+    with pytest.raises(FileNotFoundError):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_cli_reports_bad_settings_with_exit_code_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("port = -1\n")
+    done = subprocess.run(
+        [str(RNNSERVE), "serve", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "port" in done.stderr
