@@ -1,0 +1,613 @@
+"""Session-aware batching: many sessions' chunks coalesced into one ONNX Runtime run.
+
+A `Batcher` (one per model version) owns a queue of ready chunks (see `lanes.SessionLanes` for
+how per-session order is kept) and one task that loops: take up to `max_batch_size` sessions'
+worth of ready chunks (after waiting up to `max_queue_delay_ms` for a batch to fill; with 0 it
+takes whatever arrived while the previous run was in flight), validate them against the session
+store, gather states, run ONNX Runtime in the shared thread pool (one run per distinct chunk
+length T), scatter states back and resolve the futures. An ORT error fails that batch's chunks
+with INTERNAL and leaves their sessions untouched.
+
+Everything but the ORT run happens on the event loop thread, so the store needs no locks. Per-row
+work is vectorised (numpy over the batch, C-level map/dict operations for id lookups): a frame
+of many sessions costs a few microseconds of Python per session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from rnnserve_server.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    RnnServeError,
+    Unavailable,
+)
+from rnnserve_server.lanes import SessionLanes, Work
+from rnnserve_server.metrics import Metrics, observe_many
+from rnnserve_server.runtime import ModelRunner, States
+from rnnserve_server.store import SessionStore
+from rnnserve_server.types import FloatArray
+
+log = logging.getLogger("rnnserve.batcher")
+
+BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
+
+# Shared read-only flag arrays for single steps: no allocation per request.
+_TRUE1 = np.ones(1, np.bool_)
+_FALSE1 = np.zeros(1, np.bool_)
+_NO_EXPECT1 = np.full(1, -1, np.int64)
+_NO_ROWS = np.empty(0, np.int64)
+for _a in (_TRUE1, _FALSE1, _NO_EXPECT1, _NO_ROWS):
+    _a.flags.writeable = False
+# Chunk.flags: which per-row options are used at all (lets batches skip whole checks).
+_START, _END, _EXPECT = 1, 2, 4
+
+
+class Chunk(Work):
+    """T steps for n sessions of one model version (n = 1 for a step, N for a frame)."""
+
+    __slots__ = ("end", "enqueued", "expected", "flags", "frame", "start", "x")
+
+    def __init__(
+        self,
+        batcher: Batcher,
+        ids: list[str],
+        x: FloatArray,  # [n, T, F] raw values
+        start: BoolArray,
+        end: BoolArray,
+        expected: IntArray,  # -1 = no check
+        frame: bool,
+        future: asyncio.Future[Any],
+        flags: int,
+    ) -> None:
+        super().__init__(ids, future, batcher)
+        self.x = x
+        self.start = start
+        self.end = end
+        self.expected = expected
+        self.frame = frame
+        self.flags = flags  # _START | _END | _EXPECT: which per-row options any row uses
+        self.enqueued = time.perf_counter()
+
+    def on_ready(self) -> None:
+        assert self.owner is not None
+        self.owner.push(self)
+
+
+class StepResult:
+    """A step's outputs (a plain slots class: one is made per step on the hot path)."""
+
+    __slots__ = ("step", "y")
+
+    def __init__(self, y: FloatArray, step: int) -> None:
+        self.y = y  # [T, O] raw units
+        self.step = step  # steps consumed after the chunk
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    y: FloatArray  # [N, T, O], NaN rows for failed sessions
+    steps: IntArray  # [N], -1 where the session does not exist
+    errors: list[RnnServeError | None]
+
+
+class _Group:
+    """Rows of one distinct T within a batch, after validation and gather."""
+
+    __slots__ = (
+        "T", "end", "errors", "flags", "ids", "items", "n_ok", "new_rows", "new_slots", "ok_rows",
+        "prior", "slots_ok", "start", "states_in", "x_ok",
+    )  # fmt: skip
+
+    def __init__(self, items: list[Chunk]) -> None:
+        self.items = items
+        self.T: int = items[0].x.shape[1]
+        self.errors: dict[int, RnnServeError] = {}  # row -> why it does not run
+        self.flags = 0
+        self.ids: list[str] = []
+        self.start: BoolArray = _FALSE1
+        self.end: BoolArray = _FALSE1
+        self.prior: IntArray = _NO_EXPECT1  # step count before the chunk, -1 if missing
+        self.new_rows: IntArray = _NO_ROWS  # rows creating a session
+        self.new_slots: IntArray = _NO_ROWS  # their reserved slots
+        self.ok_rows: IntArray | None = None  # rows that run; None: all of them
+        self.n_ok = 0
+        self.slots_ok: IntArray = _NO_ROWS
+        self.x_ok: FloatArray = np.empty((0, self.T, 0), np.float32)
+        self.states_in: States = {}
+
+
+class Batcher:
+    """Coalesces ready chunks of one model version into ONNX Runtime runs; see module docs."""
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        store: SessionStore,
+        lanes: SessionLanes,
+        executor: Executor,
+        metrics: Metrics,
+        *,
+        max_batch_size: int,
+        max_queue_delay_ms: float,
+        evict_lru: bool,
+        describe_missing: Callable[[str, SessionStore], RnnServeError],
+        reject_non_finite: bool = True,
+    ) -> None:
+        self.runner = runner
+        self.store = store
+        self.lanes = lanes
+        self.model = runner.meta.name
+        self.version = int(runner.meta.version)
+        self._executor = executor
+        self._max = max_batch_size
+        self._delay = max_queue_delay_ms / 1000.0
+        self._evict_lru = evict_lru
+        self._describe_missing = describe_missing
+        self._reject_non_finite = reject_non_finite
+        self._ready: deque[Chunk] = deque()
+        self._ready_rows = 0
+        self._wake = asyncio.Event()
+        self._pending = 0  # submitted chunks not yet resolved
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._loop_ref: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        label = self.model
+        self._queue_delay = metrics.queue_delay.labels(label)
+        self._ort_run = metrics.ort_run.labels(label)
+        self._batch_sessions = metrics.batch_sessions.labels(label)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop_ref = asyncio.get_running_loop()
+        self._task = self._loop_ref.create_task(
+            self._loop(), name=f"batcher {self.model}:{self.version}"
+        )
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    async def drain(self) -> None:
+        """Wait until every submitted chunk is resolved."""
+        await self._idle.wait()
+
+    async def stop(self) -> None:
+        """Fail whatever is still queued with UNAVAILABLE and stop the task."""
+        self._closed = True
+        err = Unavailable("server is shutting down")
+        while self._ready:
+            self._fail(self._ready.popleft(), err)
+        self._ready_rows = 0
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -- submission ------------------------------------------------------------------------------
+    def submit(
+        self,
+        ids: list[str],
+        x: FloatArray,
+        start: BoolArray,
+        end: BoolArray,
+        expected: IntArray,
+        *,
+        frame: bool,
+    ) -> asyncio.Future[Any]:
+        """Queue validated input ([n, T, F] raw values) for n distinct sessions. The future
+        resolves to a StepResult (frame=False, n=1) or FrameResult, or raises RnnServeError."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            fut.set_exception(Unavailable("server is shutting down"))
+            return fut
+        flags = (
+            (_START if start.any() else 0)
+            | (_END if end.any() else 0)
+            | (_EXPECT if (expected >= 0).any() else 0)
+        )
+        chunk = Chunk(self, ids, x, start, end, expected, frame, fut, flags)
+        self._pending += 1
+        self._idle.clear()
+        if self.lanes.enter(chunk):
+            self.push(chunk)
+        return fut
+
+    def submit_step(
+        self, session_id: str, x: FloatArray, start: bool, end: bool, expected: int | None
+    ) -> asyncio.Future[Any]:
+        """`submit` for one session's [T, F] chunk, inlined: this runs once per step."""
+        loop = self._loop_ref
+        if loop is None or self._closed:
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            fut.set_exception(Unavailable("server is shutting down"))
+            return fut
+        fut = loop.create_future()
+        chunk = Chunk(
+            self,
+            [session_id],
+            x[None],
+            _TRUE1 if start else _FALSE1,
+            _TRUE1 if end else _FALSE1,
+            _NO_EXPECT1 if expected is None else np.full(1, expected, np.int64),
+            False,
+            fut,
+            (_START if start else 0) | (_END if end else 0) | (0 if expected is None else _EXPECT),
+        )
+        self._pending += 1
+        self._idle.clear()
+        if self.lanes.enter_one(session_id, chunk):
+            self._ready.append(chunk)
+            self._ready_rows += 1
+            self._wake.set()
+        return fut
+
+    def push(self, chunk: Chunk) -> None:
+        """A chunk reached the head of all its lanes."""
+        if self._closed:
+            self._fail(chunk, Unavailable("server is shutting down"))
+            return
+        self._ready.append(chunk)
+        self._ready_rows += len(chunk.ids)
+        self._wake.set()
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while True:
+            if not self._ready:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            # Let the callers woken by the previous run (and any other ready callbacks) submit
+            # their next chunks first: otherwise ping-pong clients split into groups that
+            # alternate between runs and never coalesce again.
+            await asyncio.sleep(0)
+            if self._delay > 0:
+                await self._fill()
+            batch = self._take()
+            if not batch:
+                continue
+            try:
+                await self._execute(batch)
+            except asyncio.CancelledError:
+                self._fail_batch(batch, Unavailable("server is shutting down"))
+                raise
+            except Exception as exc:  # a bug in this module: never leave futures hanging
+                log.exception("batch failed", extra={"model": self.model})
+                self._fail_batch(batch, Internal(f"internal error: {exc}"))
+
+    async def _fill(self) -> None:
+        """Wait until the batch is full or the oldest ready chunk has waited the delay."""
+        while self._ready_rows < self._max:
+            remaining = self._ready[0].enqueued + self._delay - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[Chunk]:
+        """Ready chunks up to max_batch_size rows (always at least one). Chunks whose caller
+        gave up (cancelled future) before their run are dropped, not applied."""
+        ready = self._ready
+        batch: list[Chunk] = []
+        rows = 0
+        while ready and (not batch or rows + len(ready[0].ids) <= self._max):
+            c = ready.popleft()
+            self._ready_rows -= len(c.ids)
+            if c.future.done():
+                self._finish(c)
+                continue
+            batch.append(c)
+            rows += len(c.ids)
+        return batch
+
+    def _fail(self, chunk: Chunk, err: RnnServeError) -> None:
+        if not chunk.future.done():
+            chunk.future.set_exception(err)
+        self._finish(chunk)
+
+    def _fail_batch(self, batch: list[Chunk], err: RnnServeError) -> None:
+        for c in batch:
+            if not c.future.done():
+                self._fail(c, err)
+
+    def _finish(self, chunk: Chunk) -> None:
+        self.lanes.release(chunk)
+        self._pending -= 1
+        if self._pending == 0:
+            self._idle.set()
+
+    # -- one batch ---------------------------------------------------------------------------------
+    async def _execute(self, batch: list[Chunk]) -> None:
+        now = time.time()
+        t_start = time.perf_counter()
+        observe_many(self._queue_delay, [t_start - c.enqueued for c in batch])
+        if len(batch) == 1 or all(c.x.shape[1] == batch[0].x.shape[1] for c in batch):
+            groups = [_Group(batch)]
+        else:
+            by_t: dict[int, list[Chunk]] = {}
+            for c in batch:
+                by_t.setdefault(c.x.shape[1], []).append(c)
+            groups = [_Group(items) for items in by_t.values()]
+        jobs: list[tuple[FloatArray, States]] = []
+        for g in groups:
+            self._prepare(g, now)
+            jobs.append((g.x_ok, g.states_in))
+        results: list[tuple[FloatArray, States] | None]
+        if any(g.n_ok for g in groups):
+            try:
+                loop = asyncio.get_running_loop()
+                results = list(await loop.run_in_executor(self._executor, self._run_all, jobs))
+            except asyncio.CancelledError:
+                for g in groups:
+                    self._unreserve(g)
+                raise
+            except Exception as exc:
+                log.error(
+                    "ONNX Runtime run failed: %s",
+                    exc,
+                    extra={"model": self.model, "version": self.version},
+                )
+                err = Internal(f"model {self.model!r} version {self.version} failed to run: {exc}")
+                for g in groups:
+                    self._unreserve(g)
+                    ran = range(len(g.ids)) if g.ok_rows is None else g.ok_rows.tolist()
+                    for r in ran:
+                        g.errors[r] = err
+                    g.ok_rows, g.n_ok = _NO_ROWS, 0
+                    self._resolve(g, None, None)
+                return
+        else:
+            results = [None] * len(groups)
+        now = time.time()
+        for g, res in zip(groups, results, strict=True):
+            self._resolve(g, res, now)
+
+    def _run_all(self, jobs: list[tuple[FloatArray, States]]) -> list[tuple[FloatArray, States]]:
+        """Worker thread: one ORT run per group (split at max_batch_size); ORT releases the GIL."""
+        out: list[tuple[FloatArray, States]] = []
+        runner = self.runner
+        for x, states in jobs:
+            n = x.shape[0]
+            if n == 0:
+                out.append((x, states))
+                continue
+            ys: list[FloatArray] = []
+            sts: list[States] = []
+            for lo in range(0, n, self._max):
+                hi = min(n, lo + self._max)
+                part = states if (lo == 0 and hi == n) else {k: v[lo:hi] for k, v in states.items()}
+                t0 = time.perf_counter()
+                y, st = runner.run(x[lo:hi], part)
+                self._ort_run.observe(time.perf_counter() - t0)
+                self._batch_sessions.observe(hi - lo)
+                ys.append(y)
+                sts.append(st)
+            if len(ys) == 1:
+                out.append((ys[0], sts[0]))
+            else:
+                out.append(
+                    (np.concatenate(ys), {k: np.concatenate([s[k] for s in sts]) for k in sts[0]})
+                )
+        return out
+
+    def _prepare(self, g: _Group, now: float) -> None:
+        """Validate every row against the store (nothing is changed yet), reserve slots for new
+        sessions and gather the states of the rows that will run. Whole checks are skipped when
+        no row can fail them (the steady state: live sessions, no flags)."""
+        store = self.store
+        items = g.items
+        if len(items) == 1:
+            c = items[0]
+            ids, x, start, end, expected, flags = c.ids, c.x, c.start, c.end, c.expected, c.flags
+        else:
+            ids = [s for c in items for s in c.ids]
+            x = np.concatenate([c.x for c in items])
+            flags = 0
+            for c in items:
+                flags |= c.flags
+            start = np.concatenate([c.start for c in items]) if flags & _START else _FALSE1
+            end = np.concatenate([c.end for c in items]) if flags & _END else _FALSE1
+            expected = np.concatenate([c.expected for c in items]) if flags & _EXPECT else _NO_ROWS
+        n = len(ids)
+        g.ids, g.start, g.end, g.flags = ids, start, end, flags
+        slot_of = store.slot_of
+        slots = np.fromiter(map(slot_of.get, ids, repeat(-1)), np.int64, n)
+        prior = store.steps[slots]  # a copy; rows of missing sessions are fixed just below
+        missing: BoolArray | None = None
+        if slots.min() < 0:
+            missing = slots < 0
+            prior[missing] = -1
+        g.prior = prior
+        errors = g.errors
+        if self._reject_non_finite and not math.isfinite(float(x.sum(dtype=np.float64))):
+            # The sum is finite iff every value is; only now look row by row.
+            finite = np.isfinite(x.sum(axis=(1, 2), dtype=np.float64))
+            for r in np.flatnonzero(~finite).tolist():
+                idx = np.argwhere(~np.isfinite(x[r]))[0].tolist()
+                errors[r] = InvalidArgument(
+                    f"session {ids[r]!r}, model {self.model!r}: input contains NaN or Inf "
+                    f"(first at step {idx[0]}, feature {idx[1]}); non-finite inputs are rejected"
+                )
+        if missing is not None:
+            bad = missing & ~start if flags & _START else missing.copy()
+            if errors:
+                bad &= ~_mask(n, errors)
+            for r in np.flatnonzero(bad).tolist():
+                errors[r] = self._describe_missing(ids[r], store)
+        if flags & _EXPECT:
+            # Checked against the count before this chunk (0 for a session it creates).
+            check = expected >= 0
+            if errors:
+                check &= ~_mask(n, errors)
+            have = np.maximum(prior, 0)
+            for r in np.flatnonzero(check & (have != expected)).tolist():
+                errors[r] = FailedPrecondition(
+                    f"session {ids[r]!r} has consumed {int(have[r])} steps, but the request "
+                    f"expected {int(expected[r])}; the chunk was not applied"
+                )
+        if missing is not None and flags & _START:
+            self._create(g, slots, missing & start, now)
+        if errors:
+            ok_rows: IntArray | None = np.flatnonzero(~_mask(n, errors))
+            slots_ok = slots[ok_rows]
+            g.x_ok = x[ok_rows]
+            start_ok = start[ok_rows] if flags & _START else None
+        else:
+            ok_rows = None
+            slots_ok = slots
+            g.x_ok = x
+            start_ok = start if flags & _START else None
+        g.ok_rows, g.slots_ok, g.n_ok = ok_rows, slots_ok, len(slots_ok)
+        states = {name: arr.take(slots_ok, axis=0) for name, arr in store.states.items()}
+        if start_ok is not None and start_ok.any():
+            for name, arr in states.items():
+                arr[start_ok] = store.initial[name]
+        g.states_in = states
+
+    def _create(self, g: _Group, slots: IntArray, creating: BoolArray, now: float) -> None:
+        """Reserve slots for the rows that start new sessions (evicting LRU sessions when
+        configured); rows that find no room fail with RESOURCE_EXHAUSTED."""
+        store = self.store
+        errors = g.errors
+        new_rows = np.flatnonzero(creating)
+        if errors and new_rows.size:
+            new_rows = np.array([r for r in new_rows.tolist() if r not in errors], np.int64)
+        if not new_rows.size:
+            return
+        new_slots = store.reserve(new_rows.size)
+        if new_slots.size < new_rows.size and self._evict_lru:
+            victims = store.lru_slots(new_rows.size - new_slots.size, self.lanes.busy)
+            if victims.size:
+                gone = store.remove(victims, "lru", now)
+                log.info(
+                    "evicted %d least recently used sessions",
+                    len(gone),
+                    extra={"model": self.model, "session_id": gone[0]},
+                )
+                new_slots = np.concatenate([new_slots, store.reserve(victims.size)])
+        if new_slots.size < new_rows.size:
+            for r in new_rows[new_slots.size :].tolist():
+                errors[r] = ResourceExhausted(
+                    f"model {self.model!r} version {self.version} holds its maximum of "
+                    f"{store.max_sessions} sessions; session {g.ids[r]!r} was not created "
+                    "(end or close idle sessions, or raise sessions.max_sessions_per_model)"
+                )
+            new_rows = new_rows[: new_slots.size]
+        slots[new_rows] = new_slots
+        g.new_rows, g.new_slots = new_rows, new_slots
+
+    def _unreserve(self, g: _Group) -> None:
+        if g.new_slots.size:
+            self.store.release(g.new_slots)
+            g.new_slots = _NO_ROWS
+            g.new_rows = _NO_ROWS
+
+    def _resolve(self, g: _Group, res: tuple[FloatArray, States] | None, now: float | None) -> None:
+        """Scatter a run's results into the store and answer every chunk of the group."""
+        store = self.store
+        ids = g.ids
+        ok_rows = g.ok_rows
+        flags = g.flags
+        y_ok: FloatArray | None = None
+        after = _NO_ROWS
+        if res is not None and now is not None and g.n_ok:
+            y_ok, states_out = res
+            if g.new_rows.size:
+                store.commit_new([ids[r] for r in g.new_rows.tolist()], g.new_slots, now)
+            slots_ok = g.slots_ok
+            for name, arr in store.states.items():
+                arr[slots_ok] = states_out[name]
+            prior_ok = g.prior if ok_rows is None else g.prior[ok_rows]
+            if flags & _START:
+                start_ok = g.start if ok_rows is None else g.start[ok_rows]
+                after = np.where(start_ok, 0, prior_ok) + g.T
+            else:
+                after = prior_ok + g.T
+            store.steps[slots_ok] = after
+            store.last_active[slots_ok] = now
+            if store.last_output is not None:
+                store.last_output[slots_ok] = y_ok[:, -1]
+            if flags & _END:
+                end_ok = g.end if ok_rows is None else g.end[ok_rows]
+                if end_ok.any():
+                    store.remove(slots_ok[end_ok], "end", now)
+        # Position of each row among the rows that ran (-1 for failed rows).
+        pos: IntArray | None = None
+        if ok_rows is not None:
+            pos = np.full(len(ids), -1, np.int64)
+            pos[ok_rows] = np.arange(ok_rows.size)
+        errors = g.errors
+        off = 0
+        for c in g.items:
+            n = len(c.ids)
+            fut = c.future
+            if fut.done():  # the caller gave up while the run was in flight
+                pass
+            elif not c.frame:
+                err = errors.get(off)
+                if err is not None:
+                    fut.set_exception(err)
+                elif y_ok is not None:
+                    p = off if pos is None else int(pos[off])
+                    fut.set_result(StepResult(y_ok[p], int(after[p])))
+            else:
+                fut.set_result(self._frame_result(g, off, n, y_ok, after, pos))
+            self._finish(c)
+            off += n
+
+    def _frame_result(
+        self,
+        g: _Group,
+        off: int,
+        n: int,
+        y_ok: FloatArray | None,
+        after: IntArray,
+        pos: IntArray | None,
+    ) -> FrameResult:
+        if pos is None and y_ok is not None:  # every row ran
+            if off == 0 and n == y_ok.shape[0]:
+                return FrameResult(y_ok, after, [None] * n)
+            return FrameResult(y_ok[off : off + n], after[off : off + n], [None] * n)
+        y = np.full((n, g.T, self.runner.output_features), np.nan, np.float32)
+        steps = g.prior[off : off + n].copy()
+        errs: list[RnnServeError | None] = [None] * n
+        assert pos is not None
+        p = pos[off : off + n]
+        ran = p >= 0
+        if y_ok is not None and ran.any():
+            y[ran] = y_ok[p[ran]]
+            steps[ran] = after[p[ran]]
+        for r, err in g.errors.items():
+            if off <= r < off + n:
+                errs[r - off] = err
+        return FrameResult(y, steps, errs)
+
+
+def _mask(n: int, rows: dict[int, Any]) -> BoolArray:
+    m = np.zeros(n, np.bool_)
+    m[list(rows)] = True
+    return m

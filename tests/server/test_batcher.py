@@ -1,0 +1,232 @@
+"""The batcher on its own: how batches form, per-session order, errors, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fixtures import build_repository, offline
+from prometheus_client import CollectorRegistry
+
+from rnnserve_server import repository
+from rnnserve_server.batcher import Batcher, FrameResult, StepResult
+from rnnserve_server.config import RuntimeSettings
+from rnnserve_server.errors import ErrorCode, NotFound, RnnServeError
+from rnnserve_server.lanes import SessionLanes
+from rnnserve_server.metrics import Metrics
+from rnnserve_server.runtime import ModelRunner, States
+from rnnserve_server.store import RecentEnds, SessionStore
+from rnnserve_server.types import FloatArray
+
+TOL = 1e-5
+POISON = 1234.0  # FailingRunner fails any run whose input contains this value
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_repository(tmp_path_factory.mktemp("repo"))
+
+
+class FailingRunner(ModelRunner):
+    """A real runner that fails like a broken model would, for chosen inputs (fault injection)."""
+
+    def run(self, x: FloatArray, states: States) -> tuple[FloatArray, States]:
+        if (x == POISON).any():
+            raise RuntimeError("injected ONNX Runtime failure")
+        return super().run(x, states)
+
+
+@dataclass
+class Rig:
+    batcher: Batcher
+    store: SessionStore
+    metrics: Metrics
+
+    def sample(self, name: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, {"model": "gru"})
+        return 0.0 if value is None else value
+
+    def step(
+        self, sid: str, x: np.ndarray, start: bool = False, end: bool = False
+    ) -> asyncio.Future[Any]:
+        return self.batcher.submit_step(sid, x, start, end, None)
+
+    def frame(self, ids: list[str], x: np.ndarray, start: bool) -> asyncio.Future[Any]:
+        n = len(ids)
+        return self.batcher.submit(
+            ids, x, np.full(n, start), np.zeros(n, bool), np.full(n, -1, np.int64), frame=True
+        )
+
+
+@asynccontextmanager
+async def rig(
+    repo: Path, runner_cls: type[ModelRunner] = ModelRunner, **kw: Any
+) -> AsyncIterator[Rig]:
+    mv = repository.scan(repo, ["gru"])["gru"][2]
+    runner = runner_cls(mv, RuntimeSettings(providers=["cpu"], intra_op_threads=1))
+    metrics = Metrics(CollectorRegistry())
+    store = SessionStore("gru", 2, runner.states, 1000, metrics, RecentEnds())
+    executor = ThreadPoolExecutor(2)
+    options: dict[str, Any] = {"max_batch_size": 256, "max_queue_delay_ms": 0.0}
+    options.update(kw)
+    batcher = Batcher(
+        runner, store, SessionLanes(), executor, metrics, evict_lru=False,
+        describe_missing=lambda sid, _store: NotFound(f"session {sid!r} does not exist"),
+        **options,
+    )  # fmt: skip
+    batcher.start()
+    try:
+        yield Rig(batcher, store, metrics)
+    finally:
+        await batcher.drain()
+        await batcher.stop()
+        executor.shutdown()
+
+
+def data(seed: int, T: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(T, 3)).astype(np.float32)
+
+
+def test_chunks_submitted_together_share_one_run_per_length(repo: Path) -> None:
+    xs = [data(i, 3) for i in range(12)]
+
+    async def main() -> None:
+        async with rig(repo) as r:
+            # Submitted without yielding: all are ready when the loop next runs. Three lengths.
+            futs = [r.step(f"s{i}", xs[i][: 1 + i % 3], start=True) for i in range(12)]
+            results: list[StepResult] = await asyncio.gather(*futs)
+            assert r.sample("rnnserve_ort_run_seconds_count") == 3
+            assert r.sample("rnnserve_batch_sessions_sum") == 12
+            for i, res in enumerate(results):
+                T = 1 + i % 3
+                assert res.step == T
+                np.testing.assert_allclose(res.y, offline(repo, "gru", 2, xs[i][:T]), atol=TOL)
+
+    asyncio.run(main())
+
+
+def test_max_batch_size_splits_runs_and_frames(repo: Path) -> None:
+    xs = np.stack([data(50 + i, 2) for i in range(10)])
+    ids = [f"f{i}" for i in range(10)]
+
+    async def main() -> None:
+        async with rig(repo, max_batch_size=4) as r:
+            res: FrameResult = await r.frame(ids, xs, start=True)
+            assert r.sample("rnnserve_ort_run_seconds_count") == 3  # 4 + 4 + 2
+            np.testing.assert_allclose(res.y, offline(repo, "gru", 2, xs), atol=TOL)
+            assert res.steps.tolist() == [2] * 10
+            futs = [r.step(ids[i], xs[i], start=False) for i in range(10)]
+            await asyncio.gather(*futs)
+            assert r.sample("rnnserve_ort_run_seconds_count") == 6
+            assert r.sample("rnnserve_batch_sessions_count") == 6
+
+    asyncio.run(main())
+
+
+def test_one_session_never_twice_in_a_batch(repo: Path) -> None:
+    x = data(9, 8)
+
+    async def main() -> None:
+        async with rig(repo) as r:
+            futs = [r.step("one", x[t : t + 2], start=t == 0) for t in range(0, 8, 2)]
+            # another session's frame, queued behind the steps of "one" it includes
+            ffut = r.frame(["one", "two"], np.stack([x[:1], x[:1]]), start=False)
+            results: list[StepResult] = await asyncio.gather(*futs)
+            frame: FrameResult = await ffut
+            assert r.sample("rnnserve_ort_run_seconds_count") == 5
+            assert r.sample("rnnserve_batch_sessions_sum") == 5  # each run: one session
+            y = np.concatenate([res.y for res in results])
+            np.testing.assert_allclose(y, offline(repo, "gru", 2, x), atol=TOL)
+            assert frame.steps.tolist() == [9, -1]
+            assert frame.errors[0] is None
+            assert frame.errors[1] is not None
+
+    asyncio.run(main())
+
+
+def test_queue_delay_lets_a_batch_fill(repo: Path) -> None:
+    async def main(delay_ms: float) -> float:
+        async with rig(repo, max_queue_delay_ms=delay_ms) as r:
+            first = r.step("a", data(1, 1), start=True)
+            await asyncio.sleep(0.02)
+            second = r.step("b", data(2, 1), start=True)
+            await asyncio.gather(first, second)
+            return r.sample("rnnserve_ort_run_seconds_count")
+
+    assert asyncio.run(main(400.0)) == 1
+    assert asyncio.run(main(0.0)) == 2
+
+
+def test_ort_failure_fans_out_and_leaves_states_untouched(repo: Path) -> None:
+    x = data(3, 6)
+    poisoned = np.full((1, 3), POISON, np.float32)
+
+    async def main() -> None:
+        async with rig(repo, runner_cls=FailingRunner) as r:
+            await asyncio.gather(r.step("p", x[:2], start=True), r.step("q", x[:2], start=True))
+            before = {k: v.copy() for k, v in r.store.states.items()}
+            steps = r.store.steps.copy()
+            futs = [r.step("p", x[2:3]), r.step("q", poisoned), r.step("new", x[:1], start=True)]
+            results = await asyncio.gather(*futs, return_exceptions=True)
+            for res in results:
+                assert isinstance(res, RnnServeError)
+                assert res.code == ErrorCode.INTERNAL
+                assert "failed to run" in res.message
+            np.testing.assert_array_equal(r.store.states["h"], before["h"])
+            np.testing.assert_array_equal(r.store.steps, steps)
+            assert "new" not in r.store
+            assert len(r.store) == 2
+            rest: StepResult = await r.step("p", x[2:])
+            np.testing.assert_allclose(rest.y, offline(repo, "gru", 2, x)[2:], atol=TOL)
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_chunk_that_has_not_run_is_not_applied(repo: Path) -> None:
+    async def main() -> None:
+        async with rig(repo) as r:
+            await r.step("c", data(1, 2), start=True)
+            fut = r.step("c", data(2, 3))
+            fut.cancel()
+            await asyncio.sleep(0.05)
+            assert int(r.store.steps[r.store.slot_of["c"]]) == 2
+            res: StepResult = await r.step("c", data(3, 1))
+            assert res.step == 3
+
+    asyncio.run(main())
+
+
+class SlowRunner(ModelRunner):
+    """A real runner that takes at least 0.2 s per run (to catch a shutdown mid-run)."""
+
+    def run(self, x: FloatArray, states: States) -> tuple[FloatArray, States]:
+        time.sleep(0.2)
+        return super().run(x, states)
+
+
+def test_stop_fails_queued_and_running_chunks_without_applying_them(repo: Path) -> None:
+    async def main() -> None:
+        async with rig(repo, runner_cls=SlowRunner) as r:
+            await r.step("s", data(1, 2), start=True)
+            futs = [r.step("s", data(2 + i, 1)) for i in range(3)]  # one session: serial runs
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(r.batcher.drain()), 0.05)
+            await r.batcher.stop()
+            results = await asyncio.gather(*futs, return_exceptions=True)
+            for res in results:
+                assert isinstance(res, RnnServeError)
+                assert res.code == ErrorCode.UNAVAILABLE
+            assert int(r.store.steps[r.store.slot_of["s"]]) == 2
+            late = r.step("s", data(9, 1))
+            with pytest.raises(RnnServeError):
+                await late
+
+    asyncio.run(main())

@@ -1,0 +1,605 @@
+"""The service layer in-process, on real ONNX Runtime with the fixture repository.
+
+Every result is compared with an offline ONNX Runtime run of the whole sequence (fixtures.offline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fixtures import H, build_repository, offline, rollout, service_settings
+from prometheus_client import CollectorRegistry
+
+from rnnserve_server.errors import ErrorCode, RnnServeError
+from rnnserve_server.service import InferenceService
+from rnnserve_server.store import LAST_OUTPUT
+from rnnserve_server.types import FrameInput, SessionSnapshot, StepInput
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_repository(tmp_path_factory.mktemp("repo"))
+
+
+def serve(repo: Path, body: Callable[[InferenceService], Awaitable[Any]], **overrides: Any) -> Any:
+    """Run `body(service)` on a fresh service (own metrics registry), then close it."""
+
+    async def main() -> Any:
+        svc = await InferenceService.create(
+            service_settings(repo, **overrides), registry=CollectorRegistry()
+        )
+        try:
+            return await body(svc)
+        finally:
+            await svc.close(5.0)
+
+    return asyncio.run(main())
+
+
+def data(seed: int, T: int, F: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(T, F)).astype(np.float32)
+
+
+def sample(svc: InferenceService, name: str, labels: dict[str, str]) -> float:
+    value = svc.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def stream(
+    svc: InferenceService, sid: str, model: str, x: np.ndarray, seed: int, version: int | None
+) -> np.ndarray:
+    """x in random chunk lengths (1..7), the first with start."""
+    rng = np.random.default_rng(seed)
+    outs, t = [], 0
+    while t < len(x):
+        n = int(rng.integers(1, 8))
+        out = await svc.step(StepInput(sid, model, version, x[t : t + n], start=t == 0))
+        outs.append(out.y)
+        t += n
+        assert out.step == min(t, len(x))
+    return np.concatenate(outs)
+
+
+# -- equality with offline runs ------------------------------------------------------------------
+@pytest.mark.parametrize(("model", "version"), [("gru", 1), ("gru", None), ("counter", None)])
+def test_chunked_stream_equals_offline(repo: Path, model: str, version: int | None) -> None:
+    x = data(1, 60)
+
+    async def body(svc: InferenceService) -> np.ndarray:
+        return await stream(svc, "s1", model, x, seed=2, version=version)
+
+    y = serve(repo, body)
+    ref = offline(repo, model, version or (2 if model == "gru" else 1), x)
+    np.testing.assert_allclose(y, ref, atol=TOL, rtol=0)
+
+
+def test_64_interleaved_sessions_equal_each_alone(repo: Path) -> None:
+    xs = [data(100 + i, 40) for i in range(64)]
+
+    async def body(svc: InferenceService) -> tuple[list[np.ndarray], float, float]:
+        ys = await asyncio.gather(
+            *(stream(svc, f"il-{i}", "gru", xs[i], seed=i, version=None) for i in range(64))
+        )
+        runs = sample(svc, "rnnserve_batch_sessions_count", {"model": "gru"})
+        rows = sample(svc, "rnnserve_batch_sessions_sum", {"model": "gru"})
+        return ys, runs, rows
+
+    ys, runs, rows = serve(repo, body)
+    for i in range(64):
+        np.testing.assert_allclose(ys[i], offline(repo, "gru", 2, xs[i]), atol=TOL, rtol=0)
+    assert rows / runs > 4, f"sessions did not share runs: {rows} rows in {runs} runs"
+
+
+def test_steps_of_one_session_apply_in_submission_order(repo: Path) -> None:
+    x = data(7, 30)
+
+    async def body(svc: InferenceService) -> list[Any]:
+        # Submitted back to back without waiting: the batcher must apply them in order.
+        calls = [svc.step(StepInput("ord", "gru", None, x[:3], start=True))]
+        calls += [svc.step(StepInput("ord", "gru", None, x[t : t + 3])) for t in range(3, 30, 3)]
+        return await asyncio.gather(*calls)
+
+    outs = serve(repo, body)
+    assert [o.step for o in outs] == list(range(3, 31, 3))
+    np.testing.assert_allclose(
+        np.concatenate([o.y for o in outs]), offline(repo, "gru", 2, x), atol=TOL, rtol=0
+    )
+
+
+def test_frames_equal_offline_and_mix_with_steps(repo: Path) -> None:
+    N = 16
+    xs = np.stack([data(300 + i, 24) for i in range(N)])
+    ids = [f"fr-{i}" for i in range(N)]
+    lens = [1, 5, 2, 8, 8]
+
+    async def body(svc: InferenceService) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+        outs, t = [], 0
+        for T in lens:
+            start = np.full(N, t == 0)
+            fo = await svc.frame(
+                FrameInput("gru", None, ids, xs[:, t : t + T], start, np.zeros(N, bool),
+                           np.full(N, -1, np.int64))
+            )  # fmt: skip
+            assert fo.errors == [None] * N
+            assert fo.steps.tolist() == [t + T] * N
+            outs.append(fo.y)
+            t += T
+        # A frame with one unknown id: that session fails alone.
+        fo2 = await svc.frame(
+            FrameInput("gru", None, [*ids, "nobody"], np.zeros((N + 1, 1, 3), np.float32),
+                       np.zeros(N + 1, bool), np.zeros(N + 1, bool), np.full(N + 1, -1, np.int64))
+        )  # fmt: skip
+        return np.concatenate(outs, axis=1), fo2.steps, fo2.errors
+
+    y, steps, errors = serve(repo, body)
+    np.testing.assert_allclose(y, offline(repo, "gru", 2, xs), atol=TOL, rtol=0)
+    assert steps.tolist() == [25] * N + [-1]
+    assert errors[:N] == [None] * N
+    assert errors[N] is not None
+    assert errors[N].code == ErrorCode.NOT_FOUND
+
+
+def test_predict_equals_offline_and_touches_no_session(repo: Path) -> None:
+    x3 = np.stack([data(400 + i, 12) for i in range(3)])
+
+    async def body(svc: InferenceService) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        whole3 = await svc.predict("whole", None, x3)
+        whole2 = await svc.predict("whole", 1, x3[0])
+        gru = await svc.predict("gru", None, x3)
+        return whole3, whole2, gru, svc.session_count()
+
+    whole3, whole2, gru, count = serve(repo, body)
+    np.testing.assert_allclose(whole3, offline(repo, "whole", 1, x3), atol=TOL, rtol=0)
+    np.testing.assert_allclose(whole2, offline(repo, "whole", 1, x3[0]), atol=TOL, rtol=0)
+    assert whole2.shape == (12, 3)
+    np.testing.assert_allclose(gru, offline(repo, "gru", 2, x3), atol=TOL, rtol=0)
+    assert count == 0
+
+
+# -- bad input leaves the session exactly as it was -----------------------------------------------
+X = data(5, 20)
+NAN = X[:2].copy()
+NAN[1, 2] = np.nan
+INF = X[:2].copy()
+INF[0, 0] = np.inf
+
+BAD_STEPS: dict[str, tuple[StepInput, ErrorCode, str]] = {
+    "features": (StepInput("v", "gru", None, X[:2, :2]), ErrorCode.INVALID_ARGUMENT, "features"),
+    "rank": (StepInput("v", "gru", None, X[None, :2]), ErrorCode.INVALID_ARGUMENT, "shape"),
+    "nan": (StepInput("v", "gru", None, NAN), ErrorCode.INVALID_ARGUMENT, "NaN"),
+    "inf": (StepInput("v", "gru", None, INF), ErrorCode.INVALID_ARGUMENT, "NaN or Inf"),
+    "empty": (StepInput("v", "gru", None, X[:0]), ErrorCode.INVALID_ARGUMENT, "empty"),
+    "too_long": (StepInput("v", "gru", None, data(1, 17)), ErrorCode.INVALID_ARGUMENT, "at most"),
+    "dtype": (
+        StepInput("v", "gru", None, X[:2].astype(str)),
+        ErrorCode.INVALID_ARGUMENT,
+        "float32",
+    ),
+    "unknown_model": (StepInput("v", "nope", None, X[:2]), ErrorCode.NOT_FOUND, "not loaded"),
+    "unknown_version": (StepInput("v", "gru", 9, X[:2]), ErrorCode.NOT_FOUND, "no version 9"),
+    "other_model": (
+        StepInput("v", "counter", None, X[:2]),
+        ErrorCode.FAILED_PRECONDITION,
+        "belongs to model 'gru'",
+    ),
+    "other_version": (
+        StepInput("v", "gru", 1, X[:2]),
+        ErrorCode.FAILED_PRECONDITION,
+        "version 2",
+    ),
+    "whole_model": (
+        StepInput("v", "whole", None, X[:2]),
+        ErrorCode.FAILED_PRECONDITION,
+        "use Predict",
+    ),
+    "expected_step": (
+        StepInput("v", "gru", None, X[:2], expected_step=3),
+        ErrorCode.FAILED_PRECONDITION,
+        "has consumed 5 steps",
+    ),
+    "negative_expected": (
+        StepInput("v", "gru", None, X[:2], expected_step=-2),
+        ErrorCode.INVALID_ARGUMENT,
+        "expected_step",
+    ),
+    "start_expected": (
+        StepInput("v", "gru", None, X[:2], start=True, expected_step=0),
+        ErrorCode.FAILED_PRECONDITION,
+        "expected 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STEPS))
+def test_rejected_step_leaves_state_unchanged(repo: Path, case: str) -> None:
+    bad, code, text = BAD_STEPS[case]
+
+    async def body(svc: InferenceService) -> tuple[Any, Any, RnnServeError, np.ndarray]:
+        await svc.step(StepInput("v", "gru", None, X[:5], start=True))
+        before = svc.get_session("v")
+        await asyncio.sleep(0.01)  # a touched timestamp would differ
+        with pytest.raises(RnnServeError) as info:
+            await svc.step(bad)
+        after = svc.get_session("v")
+        rest = await svc.step(StepInput("v", "gru", None, X[5:]))
+        return before, after, info.value, rest.y
+
+    before, after, err, rest = serve(repo, body, limits={"max_chunk_steps": 16})
+    assert err.code == code, err.message
+    assert text in err.message
+    assert after == before
+    np.testing.assert_allclose(rest, offline(repo, "gru", 2, X)[5:], atol=TOL, rtol=0)
+
+
+BAD_IDS = ["bad id", "x" * 129, "tab\t", "ü"]
+
+
+@pytest.mark.parametrize("sid", BAD_IDS)
+def test_malformed_session_id_is_invalid_argument(repo: Path, sid: str) -> None:
+    async def body(svc: InferenceService) -> None:
+        with pytest.raises(RnnServeError) as info:
+            await svc.step(StepInput(sid, "gru", None, X[:1], start=True))
+        assert info.value.code == ErrorCode.INVALID_ARGUMENT
+        assert "session id" in info.value.message
+        assert svc.session_count() == 0
+
+    serve(repo, body)
+
+
+def test_rejected_frame_rows_leave_state_unchanged(repo: Path) -> None:
+    ids = ["fa", "fb", "fc", "bad id", "fd"]
+
+    async def body(svc: InferenceService) -> None:
+        for sid in ids[:3]:
+            await svc.step(StepInput(sid, "gru", None, X[:4], start=True))
+        before = [svc.get_session(s) for s in ids[:3]]
+        x = np.stack([X[4:6]] * 5)
+        x[1, 0, 0] = np.nan  # fb: non-finite
+        fo = await svc.frame(
+            FrameInput("gru", None, ids, x, np.array([0, 0, 0, 1, 0], bool), np.zeros(5, bool),
+                       np.array([-1, -1, 7, -1, -1]))
+        )  # fmt: skip
+        codes = [None if e is None else e.code for e in fo.errors]
+        assert codes == [
+            None,
+            ErrorCode.INVALID_ARGUMENT,  # NaN
+            ErrorCode.FAILED_PRECONDITION,  # expected 7, has 4
+            ErrorCode.INVALID_ARGUMENT,  # malformed id
+            ErrorCode.NOT_FOUND,  # no start
+        ]
+        assert fo.steps.tolist() == [6, 4, 4, -1, -1]
+        assert np.isnan(fo.y[1:]).all()
+        assert np.isfinite(fo.y[0]).all()
+        assert svc.get_session("fb") == before[1]
+        assert svc.get_session("fc") == before[2]
+        rest = await svc.step(StepInput("fb", "gru", None, X[4:]))
+        np.testing.assert_allclose(rest.y, offline(repo, "gru", 2, X)[4:], atol=TOL, rtol=0)
+
+    serve(repo, body)
+
+
+def test_frame_wide_errors_raise(repo: Path) -> None:
+    async def body(svc: InferenceService) -> list[tuple[ErrorCode, str]]:
+        bad = [
+            FrameInput("nope", None, ["a"], np.zeros((1, 1, 3), np.float32), *_flags(1)),
+            FrameInput("whole", None, ["a"], np.zeros((1, 1, 3), np.float32), *_flags(1)),
+            FrameInput("gru", None, ["a", "b"], np.zeros((1, 1, 3), np.float32), *_flags(2)),
+            FrameInput("gru", None, ["a", "a"], np.zeros((2, 1, 3), np.float32), *_flags(2)),
+            FrameInput("gru", None, ["a"], np.zeros((1, 0, 3), np.float32), *_flags(1)),
+        ]
+        out = []
+        for req in bad:
+            with pytest.raises(RnnServeError) as info:
+                await svc.frame(req)
+            out.append((info.value.code, info.value.message))
+        return out
+
+    got = serve(repo, body)
+    assert [c for c, _ in got] == [
+        ErrorCode.NOT_FOUND,
+        ErrorCode.FAILED_PRECONDITION,
+        ErrorCode.INVALID_ARGUMENT,
+        ErrorCode.INVALID_ARGUMENT,
+        ErrorCode.INVALID_ARGUMENT,
+    ]
+    assert "more than once" in got[3][1]
+
+
+def _flags(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.ones(n, bool), np.zeros(n, bool), np.full(n, -1, np.int64)
+
+
+# -- session lifecycle ----------------------------------------------------------------------------
+def test_unknown_ended_and_assigned_sessions(repo: Path) -> None:
+    async def body(svc: InferenceService) -> None:
+        with pytest.raises(RnnServeError) as info:
+            await svc.step(StepInput("ghost", "gru", None, X[:1]))
+        assert info.value.code == ErrorCode.NOT_FOUND
+        assert "does not exist" in info.value.message
+        out = await svc.step(StepInput("", "gru", None, X[:2], start=True))
+        assert re.fullmatch(r"[0-9a-f]{32}", out.session_id)
+        assert svc.get_session(out.session_id).step == 2
+        with pytest.raises(RnnServeError) as info:
+            await svc.step(StepInput("", "gru", None, X[:2]))
+        assert info.value.code == ErrorCode.INVALID_ARGUMENT
+        await svc.step(StepInput(out.session_id, "gru", None, X[2:3], end=True))
+        with pytest.raises(RnnServeError) as info:
+            await svc.step(StepInput(out.session_id, "gru", None, X[:1]))
+        assert info.value.code == ErrorCode.NOT_FOUND
+        assert "ended by its client" in info.value.message
+        assert sample(svc, "rnnserve_sessions_ended_total", {"model": "gru", "reason": "end"}) == 1
+
+    serve(repo, body)
+
+
+def test_duplicate_start_resets_the_session(repo: Path) -> None:
+    async def body(svc: InferenceService) -> tuple[Any, Any]:
+        await svc.step(StepInput("dup", "gru", None, X[:9], start=True))
+        again = await svc.step(StepInput("dup", "gru", None, X[9:14], start=True))
+        return again, svc.session_count()
+
+    again, count = serve(repo, body)
+    assert again.step == 5
+    assert count == 1
+    np.testing.assert_allclose(again.y, offline(repo, "gru", 2, X[9:14]), atol=TOL, rtol=0)
+
+
+def test_capacity_limit_rejects_new_sessions(repo: Path) -> None:
+    async def body(svc: InferenceService) -> None:
+        for i in range(3):
+            await svc.step(StepInput(f"c{i}", "gru", None, X[:2], start=True))
+        t0 = time.perf_counter()
+        with pytest.raises(RnnServeError) as info:
+            await svc.step(StepInput("c3", "gru", None, X[:2], start=True))
+        assert time.perf_counter() - t0 < 0.5
+        assert info.value.code == ErrorCode.RESOURCE_EXHAUSTED
+        assert "maximum of 3 sessions" in info.value.message
+        assert svc.session_count("gru") == 3
+        # existing sessions keep working; a freed slot can be reused
+        await svc.step(StepInput("c0", "gru", None, X[2:3], end=True))
+        fo = await svc.frame(
+            FrameInput("gru", None, ["n1", "n2", "c1"], np.stack([X[:1]] * 3), *_flags(3))
+        )
+        codes = [None if e is None else e.code for e in fo.errors]
+        assert codes == [None, ErrorCode.RESOURCE_EXHAUSTED, None]
+        assert svc.session_count("gru") == 3
+        with pytest.raises(RnnServeError):
+            svc.get_session("n2")
+
+    serve(repo, body, sessions={"max_sessions_per_model": 3})
+
+
+def test_lru_eviction_drops_the_least_recently_used(repo: Path) -> None:
+    async def body(svc: InferenceService) -> None:
+        for sid in ("a", "b", "c"):
+            await svc.step(StepInput(sid, "gru", None, X[:2], start=True))
+            await asyncio.sleep(0.002)
+        await svc.step(StepInput("a", "gru", None, X[2:3]))  # a is now the most recent
+        await svc.step(StepInput("d", "gru", None, X[:2], start=True))
+        live = sorted(i.session_id for i in svc.list_sessions("gru")[0])
+        assert live == ["a", "c", "d"]
+        with pytest.raises(RnnServeError) as info:
+            await svc.step(StepInput("b", "gru", None, X[:1]))
+        assert info.value.code == ErrorCode.NOT_FOUND
+        assert "LRU" in info.value.message
+        assert sample(svc, "rnnserve_sessions_ended_total", {"model": "gru", "reason": "lru"}) == 1
+        assert sample(svc, "rnnserve_active_sessions", {"model": "gru"}) == 3
+
+    serve(repo, body, sessions={"max_sessions_per_model": 3, "eviction": "lru"})
+
+
+def test_idle_sessions_expire(repo: Path) -> None:
+    async def body(svc: InferenceService) -> None:
+        await svc.step(StepInput("idle", "gru", None, X[:1], start=True))
+        await svc.step(StepInput("busy", "gru", None, X[:1], start=True))
+        for t in range(1, 9):
+            await asyncio.sleep(0.1)
+            await svc.step(StepInput("busy", "gru", None, X[t : t + 1]))
+        assert svc.get_session("busy").step == 9
+        with pytest.raises(RnnServeError) as info:
+            await svc.step(StepInput("idle", "gru", None, X[:1]))
+        assert info.value.code == ErrorCode.NOT_FOUND
+        assert "idle" in info.value.message
+        assert "expired" in info.value.message
+        assert sample(svc, "rnnserve_sessions_ended_total", {"model": "gru", "reason": "ttl"}) == 1
+
+    serve(repo, body, sessions={"idle_ttl_s": 0.35, "sweep_interval_s": 0.05})
+
+
+def test_admin_get_list_reset_close(repo: Path) -> None:
+    async def body(svc: InferenceService) -> None:
+        await svc.step(StepInput("m1", "gru", None, X[:4], start=True))
+        await svc.step(StepInput("m2", "counter", None, X[:2], start=True))
+        info = svc.get_session("m1")
+        assert (info.model, info.version, info.step) == ("gru", 2, 4)
+        assert info.created_unix <= info.last_active_unix <= time.time()
+        infos, total = svc.list_sessions()
+        assert total == 2
+        assert {i.session_id for i in infos} == {"m1", "m2"}
+        infos, total = svc.list_sessions("counter", limit=1)
+        assert total == 1
+        assert infos[0].session_id == "m2"
+        infos, total = svc.list_sessions(limit=1)
+        assert total == 2
+        assert len(infos) == 1
+        assert (await svc.reset_session("m1")).step == 0
+        y = (await svc.step(StepInput("m1", "gru", None, X[:3]))).y
+        np.testing.assert_allclose(y, offline(repo, "gru", 2, X[:3]), atol=TOL, rtol=0)
+        closed = await svc.close_session("m1")
+        assert closed.step == 3
+        with pytest.raises(RnnServeError) as info_err:
+            svc.get_session("m1")
+        assert info_err.value.code == ErrorCode.NOT_FOUND
+        assert "closed" in info_err.value.message
+        labels = {"model": "gru", "reason": "close"}
+        assert sample(svc, "rnnserve_sessions_ended_total", labels) == 1
+
+    serve(repo, body)
+
+
+def test_export_import_round_trip_between_services(repo: Path) -> None:
+    x = data(11, 30)
+
+    async def first(svc: InferenceService) -> tuple[SessionSnapshot, np.ndarray]:
+        a = await svc.step(StepInput("mv", "gru", None, x[:12], start=True))
+        snap = await svc.export_session("mv")
+        return snap, a.y
+
+    snap, y1 = serve(repo, first)
+    assert snap.info.step == 12
+    assert snap.states["h"].shape == (1, H)
+    assert LAST_OUTPUT in snap.states
+
+    async def second(svc: InferenceService) -> None:
+        info = await svc.import_session(snap)
+        assert (info.session_id, info.step, info.version) == ("mv", 12, 2)
+        fc = (await svc.forecast("mv", 3))[0]
+        np.testing.assert_allclose(fc, rollout(repo, "gru", 2, x[:12], 3), atol=TOL, rtol=0)
+        y2 = (await svc.step(StepInput("mv", "gru", None, x[12:]))).y
+        np.testing.assert_allclose(
+            np.concatenate([y1, y2]), offline(repo, "gru", 2, x), atol=TOL, rtol=0
+        )
+        with pytest.raises(RnnServeError) as info_err:
+            await svc.import_session(snap)
+        assert info_err.value.code == ErrorCode.ALREADY_EXISTS
+        again = await svc.import_session(snap, overwrite=True)
+        assert again.step == 12
+        assert svc.session_count() == 1
+        labels = {"model": "gru", "reason": "replaced"}
+        assert sample(svc, "rnnserve_sessions_ended_total", labels) == 1
+        bad = SessionSnapshot(snap.info, {"h": np.zeros((2, H), np.float32)})
+        with pytest.raises(RnnServeError) as info_err:
+            await svc.import_session(bad, overwrite=True)
+        assert info_err.value.code == ErrorCode.INVALID_ARGUMENT
+        assert svc.get_session("mv").step == 12
+
+    serve(repo, second)
+
+
+def test_forecast_leaves_the_session_unchanged(repo: Path) -> None:
+    x = data(12, 20)
+
+    async def body(svc: InferenceService) -> None:
+        await svc.step(StepInput("fc", "gru", None, x[:1], start=True))
+        await svc.step(StepInput("fc", "gru", None, x[1:10]))
+        before = svc.get_session("fc")
+        y, step = await svc.forecast("fc", 6)
+        assert step == 10
+        assert svc.get_session("fc") == before
+        np.testing.assert_allclose(y, rollout(repo, "gru", 2, x[:10], 6), atol=TOL, rtol=0)
+        rest = (await svc.step(StepInput("fc", "gru", None, x[10:]))).y
+        np.testing.assert_allclose(rest, offline(repo, "gru", 2, x)[10:], atol=TOL, rtol=0)
+        # errors
+        await svc.step(StepInput("cnt", "counter", None, x[:2], start=True))
+        cases = [
+            ("cnt", 2, ErrorCode.FAILED_PRECONDITION),
+            ("fc", 0, ErrorCode.INVALID_ARGUMENT),
+            ("fc", 10_001, ErrorCode.INVALID_ARGUMENT),
+            ("nope", 2, ErrorCode.NOT_FOUND),
+        ]
+        for sid, horizon, code in cases:
+            with pytest.raises(RnnServeError) as info:
+                await svc.forecast(sid, horizon)
+            assert info.value.code == code, info.value.message
+        await svc.reset_session("fc")
+        with pytest.raises(RnnServeError) as info:
+            await svc.forecast("fc", 2)
+        assert info.value.code == ErrorCode.FAILED_PRECONDITION
+        assert "no prediction yet" in info.value.message
+
+    serve(repo, body)
+
+
+# -- shutdown and metrics -------------------------------------------------------------------------
+def test_close_drains_queued_work_then_refuses(repo: Path) -> None:
+    async def main() -> None:
+        svc = await InferenceService.create(service_settings(repo), registry=CollectorRegistry())
+        xs = [data(500 + i, 20) for i in range(32)]
+        tasks = [
+            asyncio.ensure_future(svc.step(StepInput(f"d{i}", "gru", None, xs[i], start=True)))
+            for i in range(32)
+        ]
+        await asyncio.sleep(0)  # every step is submitted
+        await svc.close(10.0)
+        for i, t in enumerate(tasks):
+            np.testing.assert_allclose(
+                t.result().y, offline(repo, "gru", 2, xs[i]), atol=TOL, rtol=0
+            )
+        for call in (
+            svc.step(StepInput("late", "gru", None, xs[0], start=True)),
+            svc.predict("whole", None, xs[0]),
+        ):
+            with pytest.raises(RnnServeError) as info:
+                await call
+            assert info.value.code == ErrorCode.UNAVAILABLE
+            assert "shutting down" in info.value.message
+
+    asyncio.run(main())
+
+
+def test_metrics_move_with_the_work(repo: Path) -> None:
+    async def body(svc: InferenceService) -> None:
+        info = {"model": "gru", "version": "2", "variant": "gru", "provider": "cpu",
+                "streaming": "true"}  # fmt: skip
+        assert sample(svc, "rnnserve_model_info", info) == 1
+        for i in range(5):
+            await svc.step(StepInput(f"mx{i}", "gru", None, X[:3], start=True))
+        assert sample(svc, "rnnserve_sessions_created_total", {"model": "gru"}) == 5
+        assert sample(svc, "rnnserve_active_sessions", {"model": "gru"}) == 5
+        assert sample(svc, "rnnserve_state_bytes", {"model": "gru"}) == 5 * H * 4
+        assert sample(svc, "rnnserve_queue_delay_seconds_count", {"model": "gru"}) == 5
+        assert sample(svc, "rnnserve_ort_run_seconds_count", {"model": "gru"}) == 5
+        await svc.step(StepInput("mx0", "gru", None, X[3:4], end=True))
+        assert sample(svc, "rnnserve_session_steps_count", {"model": "gru"}) == 1
+        assert sample(svc, "rnnserve_session_steps_sum", {"model": "gru"}) == 4
+        assert sample(svc, "rnnserve_session_duration_seconds_count", {"model": "gru"}) == 1
+        assert sample(svc, "rnnserve_active_sessions", {"model": "gru"}) == 4
+        assert sample(svc, "rnnserve_state_bytes", {"model": "gru"}) == 4 * H * 4
+        # request-level helpers used by the front ends
+        svc.metrics.observe_request("gru", "step", ErrorCode.OK, 0.001)
+        svc.metrics.count_steps("gru", "INVALID_ARGUMENT", 7)
+        labels = {"model": "gru", "method": "step", "code": "OK"}
+        assert sample(svc, "rnnserve_requests_total", labels) == 1
+        labels = {"model": "gru", "code": "INVALID_ARGUMENT"}
+        assert sample(svc, "rnnserve_steps_total", labels) == 7
+
+    serve(repo, body)
+
+
+def test_cuda_falls_back_to_cpu_with_one_log_line(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rnnserve_server import runtime
+
+    if ort_has_gpu():
+        pytest.skip("a usable GPU is present: nothing falls back")
+    monkeypatch.setattr(runtime, "_cuda_usable", None)
+    caplog.set_level(logging.INFO)
+
+    async def body(svc: InferenceService) -> None:
+        labels = {"model": "gru", "version": "2", "variant": "gru", "provider": "cpu",
+                  "streaming": "true"}  # fmt: skip
+        assert sample(svc, "rnnserve_model_info", labels) == 1
+        out = await svc.step(StepInput("g", "gru", None, X[:3], start=True))
+        np.testing.assert_allclose(out.y, offline(repo, "gru", 2, X[:3]), atol=TOL, rtol=0)
+
+    serve(repo, body, runtime={"providers": ["cuda", "cpu"]})
+    lines = [r for r in caplog.records if "CUDA" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert lines[0].levelno == logging.WARNING
+    assert "running on CPU" in lines[0].getMessage()
+
+
+def ort_has_gpu() -> bool:
+    """Whether this machine has an NVIDIA GPU (then CUDA may really be used)."""
+    return Path("/dev/nvidia0").exists()
