@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml hatch_build.py
 GENERATED := $(PROTOS:.proto=_pb2.py)
 proto: $(GENERATED)
 $(GENERATED) &: $(PROTOS) $(STAMP)
-	$(BIN)/python hatch_build.py 2>/dev/null
+	$(BIN)/python hatch_build.py
 
 demo: proto
 	$(BIN)/rnnserve-client demo
