@@ -150,6 +150,7 @@ class Batcher:
         evict_lru: bool,
         describe_missing: Callable[[str, SessionStore], RnnServeError],
         reject_non_finite: bool = True,
+        max_in_flight: int = 1,
     ) -> None:
         self.runner = runner
         self.store = store
@@ -169,6 +170,11 @@ class Batcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        # Batches in flight at once: while one runs in ORT (GIL released), the event loop prepares
+        # the next and answers the last. Safe because a session with a chunk in flight is busy in
+        # its lane: it is never in two batches, never evicted, and slots are reserved up front.
+        self._run_slots = asyncio.Semaphore(max(1, max_in_flight))
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._closed = False
         label = self.model
@@ -203,6 +209,9 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for task in list(self._in_flight):
+            task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     # -- submission ------------------------------------------------------------------------------
     def submit(
@@ -284,17 +293,27 @@ class Batcher:
             await asyncio.sleep(0)
             if self._delay > 0:
                 await self._fill()
-            batch = self._take()
+            await self._run_slots.acquire()
+            batch = self._take()  # taken only now, so it holds what arrived while waiting
             if not batch:
+                self._run_slots.release()
                 continue
-            try:
-                await self._execute(batch)
-            except asyncio.CancelledError:
-                self._fail_batch(batch, Unavailable("server is shutting down"))
-                raise
-            except Exception as exc:  # a bug in this module: never leave futures hanging
-                log.exception("batch failed", extra={"model": self.model})
-                self._fail_batch(batch, Internal(f"internal error: {exc}"))
+            assert self._loop_ref is not None
+            task = self._loop_ref.create_task(self._execute_guarded(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _execute_guarded(self, batch: list[Chunk]) -> None:
+        try:
+            await self._execute(batch)
+        except asyncio.CancelledError:
+            self._fail_batch(batch, Unavailable("server is shutting down"))
+            raise
+        except Exception as exc:  # a bug in this module: never leave futures hanging
+            log.exception("batch failed", extra={"model": self.model})
+            self._fail_batch(batch, Internal(f"internal error: {exc}"))
+        finally:
+            self._run_slots.release()
 
     async def _fill(self) -> None:
         """Wait until the batch is full or the oldest ready chunk has waited the delay."""

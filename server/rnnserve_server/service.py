@@ -159,6 +159,7 @@ class InferenceService:
                         evict_lru=settings.sessions.eviction == "lru",
                         reject_non_finite=not settings.limits.allow_non_finite,
                         describe_missing=functools.partial(_describe_missing, models, recent),
+                        max_in_flight=settings.runtime.run_workers,
                     )
                     models.setdefault(name, {})[version] = LoadedModel(runner, store, batcher)
                     metrics.set_model_info(
