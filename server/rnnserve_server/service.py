@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -72,6 +72,15 @@ _REASON_TEXT = {
     "lru": "was evicted to make room for newer sessions (LRU, the model was full)",
     "replaced": "was replaced by an imported session",
 }
+
+
+class PendingStep(NamedTuple):
+    """A chunk accepted and queued by `submit_step`: where it went, and its result to come."""
+
+    session_id: str  # the server-assigned id when the request had none
+    model: str
+    version: int
+    future: asyncio.Future[StepResult]
 
 
 class LoadedModel:
@@ -272,6 +281,14 @@ class InferenceService:
 
     # -- inference ---------------------------------------------------------------------------------
     async def step(self, request: StepInput) -> StepOutput:
+        pending = self.submit_step(request)
+        res: StepResult = await pending.future
+        return StepOutput(pending.session_id, pending.model, pending.version, res.y, res.step)
+
+    def submit_step(self, request: StepInput) -> PendingStep:
+        """`step` without the await: validate and queue the chunk now (raising RnnServeError for
+        a rejection, before any state is touched) and return the future of its result. Streams
+        use it to answer from a callback instead of running a task per message."""
         # The hot path: a handful of cheap checks, each with a slow path that explains.
         if self._closing:
             raise Unavailable("server is shutting down")
@@ -304,8 +321,8 @@ class InferenceService:
         if sid not in m.store.slot_of:
             m = self._route(sid, request.model, version)
         # NaN/Inf are checked by the batcher, vectorised over the whole batch.
-        res: StepResult = await m.batcher.submit_step(sid, x, request.start, request.end, expected)
-        return StepOutput(sid, m.name, m.version, res.y, res.step)
+        future = m.batcher.submit_step(sid, x, request.start, request.end, expected)
+        return PendingStep(sid, m.name, m.version, future)
 
     async def frame(self, request: FrameInput) -> FrameOutput:
         """Per-session failures are reported in FrameOutput.errors; only frame-wide problems

@@ -1,17 +1,19 @@
 """The Inference servicer: Stream, Step, Predict, Forecast. Converts, delegates, reports.
 
-Stream multiplexes sessions: every request becomes a task as soon as it is read, so slow requests
-never hold up others; tasks are created (and so reach `service.step`) in arrival order, which is
-what keeps each session's chunks in order. Replies go out as their tasks finish, except that a
-reply never overtakes an earlier reply of the same session on the same stream (a rejection is
-answered at once by the service, so it waits for the session's previous reply).
+Stream multiplexes sessions. A step is validated and queued as soon as it is read
+(`service.submit_step`, in arrival order, which is what keeps each session's chunks in order) and
+answered from its future's callback: no task per message, since on the ping-pong path every
+event-loop hop costs throughput. Frames, rarer and larger, run as tasks. Replies go out as they
+finish, except that a reply never overtakes an earlier reply of the same session on the same
+stream: a rejection is answered at once by the service, so it is chained behind the session's
+chunk still in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from time import perf_counter
 from typing import Any
 
@@ -20,18 +22,20 @@ from typing_extensions import override
 
 from rnnserve_proto import rnnserve_pb2 as pb
 from rnnserve_proto import rnnserve_pb2_grpc as pb_grpc
+from rnnserve_server.batcher import StepResult
 from rnnserve_server.errors import ErrorCode, InvalidArgument, RnnServeError
 from rnnserve_server.grpc_api import convert
 from rnnserve_server.grpc_api.recording import Recorder
 from rnnserve_server.grpc_api.status import abort, as_service_error, code_name, status_proto
 from rnnserve_server.service import InferenceService
+from rnnserve_server.types import StepOutput
 
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _OK = code_name(ErrorCode.OK)
 _NO_KIND = InvalidArgument("StreamRequest carries neither a step nor a frame")
-_CANCELLED = pb.StreamResponse()  # marker: a request task was cancelled, nothing to send
+_CANCELLED = pb.StreamResponse()  # marker: a request was cancelled, nothing to send
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
@@ -62,17 +66,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         loop = asyncio.get_running_loop()
         replies: asyncio.Queue[pb.StreamResponse | None] = asyncio.Queue()
         put = replies.put_nowait
-        # In-flight request tasks -> their session id; `tails` holds each session's latest task,
-        # so a reply (an early rejection in particular) never overtakes an earlier one of its
-        # session on this stream.
-        inflight: dict[asyncio.Task[pb.StreamResponse], str] = {}
-        tails: dict[str, asyncio.Task[pb.StreamResponse]] = {}
+        # Each session's latest chunk in flight on this stream (see the module docstring).
+        tails: dict[str, asyncio.Future[Any]] = {}
+        frames: set[asyncio.Task[pb.StreamResponse]] = set()
         submitted = 0
 
-        def finished(task: asyncio.Task[pb.StreamResponse]) -> None:
-            session_id = inflight.pop(task)
-            if session_id and tails.get(session_id) is task:
-                del tails[session_id]
+        def frame_done(task: asyncio.Task[pb.StreamResponse]) -> None:
+            frames.discard(task)
             # A cancelled task (only at loop teardown) still counts, so the writer can finish.
             put(_CANCELLED if task.cancelled() else task.result())
 
@@ -80,24 +80,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             nonlocal submitted
             try:
                 async for request in request_iterator:
-                    kind = request.WhichOneof("kind")
-                    session_id = ""
-                    if kind == "step":
-                        step = request.step
-                        session_id = step.session_id
-                        coro: Any = self._stream_step(step, tails.get(session_id))
-                    elif kind == "frame":
-                        coro = self._stream_frame(request.frame)
-                    else:
-                        submitted += 1
-                        put(pb.StreamResponse(step=pb.StepResponse(status=status_proto(_NO_KIND))))
-                        continue
-                    task = loop.create_task(coro)
-                    inflight[task] = session_id
-                    if session_id:
-                        tails[session_id] = task
-                    task.add_done_callback(finished)
                     submitted += 1
+                    kind = request.WhichOneof("kind")
+                    if kind == "step":
+                        self._submit_stream_step(request.step, tails, put)
+                    elif kind == "frame":
+                        task = loop.create_task(self._stream_frame(request.frame))
+                        frames.add(task)
+                        task.add_done_callback(frame_done)
+                    else:
+                        put(pb.StreamResponse(step=pb.StepResponse(status=status_proto(_NO_KIND))))
             finally:
                 put(None)
 
@@ -129,41 +121,67 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             self._readers.discard(reader)
             reader.cancel()
 
-    async def _stream_step(
-        self, request: pb.StepRequest, previous: asyncio.Task[pb.StreamResponse] | None
-    ) -> pb.StreamResponse:
+    def _submit_stream_step(
+        self,
+        request: pb.StepRequest,
+        tails: dict[str, asyncio.Future[Any]],
+        put: Callable[[pb.StreamResponse], None],
+    ) -> None:
+        """Queue one streamed chunk; its reply is `put` when it is done (exactly one reply)."""
         started = perf_counter()
         try:
-            out = await self._service.step(convert.step_input(request))
+            pending = self._service.submit_step(convert.step_input(request))
         except Exception as exc:  # each request gets its own reply; the stream stays up
             error = as_service_error(exc)
-            step: int | None = None
+            previous = tails.get(request.session_id)
             if previous is None:
-                step = self._step_of(request.session_id)
+                self._reply_error(request, error, started, put)
             else:
-                # Rejections are fast: wait so that this reply comes after the session's earlier
-                # chunks on this stream, and report the count they left.
-                if not previous.done():
-                    await asyncio.wait((previous,))
-                step = _step_after(previous, request.session_id)
-            if step is None:
-                step = self._step_of(request.session_id)
-            self._rec.request(
-                request.model,
-                "stream_step",
-                code_name(error.code),
-                perf_counter() - started,
-                _rows(request.input),
-            )
-            return pb.StreamResponse(
-                step=convert.step_error_response(request, status_proto(error), step)
-            )
-        if previous is not None and not previous.done():
-            await asyncio.wait((previous,))
-        response = pb.StreamResponse()
-        convert.step_response(out, request.request_id, response.step)
-        self._rec.request(out.model, "stream_step", _OK, perf_counter() - started, len(out.y))
-        return response
+                # Callbacks run in the order they were added (even on a future already done),
+                # so this reply follows the previous chunk's.
+                previous.add_done_callback(
+                    lambda _: self._reply_error(request, error, started, put)
+                )
+            return
+        future = pending.future
+        tails[pending.session_id] = future
+
+        def done(fut: asyncio.Future[StepResult]) -> None:
+            if tails.get(pending.session_id) is fut:
+                del tails[pending.session_id]
+            if fut.cancelled():
+                put(_CANCELLED)
+                return
+            failure = fut.exception()
+            if failure is not None:
+                self._reply_error(request, as_service_error(failure), started, put)
+                return
+            res = fut.result()
+            out = StepOutput(pending.session_id, pending.model, pending.version, res.y, res.step)
+            response = pb.StreamResponse()
+            convert.step_response(out, request.request_id, response.step)
+            self._rec.request(out.model, "stream_step", _OK, perf_counter() - started, len(res.y))
+            put(response)
+
+        future.add_done_callback(done)
+
+    def _reply_error(
+        self,
+        request: pb.StepRequest,
+        error: RnnServeError,
+        started: float,
+        put: Callable[[pb.StreamResponse], None],
+    ) -> None:
+        """A rejected streamed chunk's reply, with the session's (unchanged) step count."""
+        self._rec.request(
+            request.model,
+            "stream_step",
+            code_name(error.code),
+            perf_counter() - started,
+            _rows(request.input),
+        )
+        step = self._step_of(request.session_id)
+        put(pb.StreamResponse(step=convert.step_error_response(request, status_proto(error), step)))
 
     async def _stream_frame(self, request: pb.FrameRequest) -> pb.StreamResponse:
         started = perf_counter()
@@ -257,14 +275,6 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         if self._latest is None:  # models are loaded once at startup; look them up once
             self._latest = {m.name: m.latest_version for m in self._service.list_models()}
         return self._latest.get(model, 0)
-
-
-def _step_after(task: asyncio.Task[pb.StreamResponse], session_id: str) -> int | None:
-    """The step count the reply of `task` reported for `session_id` (None if unknown)."""
-    if task.cancelled():
-        return None
-    reply = task.result().step
-    return reply.step if reply.session_id == session_id else None
 
 
 def _rows(tensor: pb.Tensor) -> int:
