@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -17,16 +15,23 @@ import numpy.typing as npt
 from rnnserve_client import _builders as b
 from rnnserve_client import _health
 from rnnserve_client._aio_stream import AsyncStreamMux
-from rnnserve_client._errors import DeadlineExceeded, Unavailable, error_from_rpc
+from rnnserve_client._base import (
+    DEFAULT_TARGET,
+    ClientBase,
+    channel_options,
+    chunk_timeout,
+    frame_timeout,
+    health_poll_timeout,
+    unary_step_reply,
+)
+from rnnserve_client._errors import DeadlineExceeded, error_from_rpc
 from rnnserve_client._types import FrameResult, ModelInfo, SessionInfo, SessionSnapshot
-from rnnserve_client.client import DEFAULT_OPTIONS, DEFAULT_TARGET
 from rnnserve_client.session import AsyncSession
 from rnnserve_proto import model_repository_pb2 as repo_pb
 from rnnserve_proto import rnnserve_pb2 as pb
-from rnnserve_proto import rnnserve_pb2_grpc as pb_grpc
 
 
-class AsyncClient:
+class AsyncClient(ClientBase[grpc.aio.Channel]):
     """asyncio client; same arguments and methods as `Client`, as coroutines.
 
     Create it inside a running event loop and use `async with`, or `await close()`.
@@ -43,29 +48,22 @@ class AsyncClient:
         options: Sequence[tuple[str, Any]] = (),
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self.target = target
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.retry_backoff = retry_backoff
-        self.use_stream = use_stream
-        opts = [*DEFAULT_OPTIONS, *options]
-        self._channel = (
+        opts = channel_options(options)
+        channel = (
             grpc.aio.secure_channel(target, credentials, options=opts)
             if credentials is not None
             else grpc.aio.insecure_channel(target, options=opts)
         )
-        self._inference: Any = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._sessions: Any = pb_grpc.SessionsStub(self._channel)  # type: ignore[no-untyped-call]
-        self._models: Any = pb_grpc.ModelsStub(self._channel)  # type: ignore[no-untyped-call]
-        self._health = self._channel.unary_unary(
-            _health.HEALTH_CHECK,
-            request_serializer=_health.identity,
-            response_deserializer=_health.identity,
+        super().__init__(
+            channel,
+            target=target,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_backoff=retry_backoff,
+            use_stream=use_stream,
+            id_prefix="a",
         )
         self._mux = AsyncStreamMux(self._inference)
-        self._ids = itertools.count()
-        self._id_prefix = f"a{os.getpid()}-{id(self):x}"
-        self._closed = False
 
     async def __aenter__(self) -> Self:
         return self
@@ -95,7 +93,7 @@ class AsyncClient:
             try:
                 raw = await self._health(
                     _health.encode_request(service),
-                    timeout=max(0.1, min(1.0, deadline - time.monotonic())),
+                    timeout=health_poll_timeout(deadline - time.monotonic()),
                     wait_for_ready=True,
                 )
                 last = _health.status_name(_health.decode_status(raw))
@@ -182,16 +180,13 @@ class AsyncClient:
             end=end,
             expected_step=expected_step,
         )
-        if self._closed:
-            raise RuntimeError("the client is closed")
+        self._check_open()
         future = await self._mux.submit(pb.StreamRequest(frame=req), req.request_id)
         try:
             reply = await asyncio.wait_for(future, self.timeout)
         except TimeoutError:
             self._mux.forget(req.request_id)
-            raise DeadlineExceeded(
-                f"no reply to frame {req.request_id} in {self.timeout} s"
-            ) from None
+            raise frame_timeout(req.request_id, self.timeout) from None
         return b.frame_result(reply.frame)
 
     # -- models -----------------------------------------------------------------------------------
@@ -207,12 +202,8 @@ class AsyncClient:
         return msg
 
     # -- internals used by AsyncSession ---------------------------------------------------------
-    def _next_id(self) -> str:
-        return f"{self._id_prefix}-{next(self._ids)}"
-
     async def _call(self, method: Any, request: Any) -> Any:
-        if self._closed:
-            raise RuntimeError("the client is closed")
+        self._check_open()
         try:
             return await method(request, timeout=self.timeout)
         except grpc.RpcError as exc:
@@ -220,23 +211,12 @@ class AsyncClient:
 
     async def _send_step(self, req: pb.StepRequest) -> tuple[pb.StepResponse, grpc.RpcError | None]:
         """See `Client._send_step`."""
-        if self._closed:
-            raise RuntimeError("the client is closed")
+        self._check_open()
         if not self.use_stream:
             try:
                 reply = await self._inference.Step(req, timeout=self.timeout)
             except grpc.RpcError as exc:
-                err = error_from_rpc(exc)
-                if isinstance(err, Unavailable):
-                    raise err from exc
-                status = pb.Status(code=err.code.value[0], message=err.details)
-                synth = pb.StepResponse(
-                    session_id=req.session_id,
-                    request_id=req.request_id,
-                    step=b.STEP_UNKNOWN,
-                    status=status,
-                )
-                return synth, exc
+                return unary_step_reply(req, exc), exc
             assert isinstance(reply, pb.StepResponse)
             return reply, None
         future = await self._mux.submit(pb.StreamRequest(step=req), req.request_id)
@@ -244,7 +224,5 @@ class AsyncClient:
             reply = await asyncio.wait_for(future, self.timeout)
         except TimeoutError:
             self._mux.forget(req.request_id)
-            raise DeadlineExceeded(
-                f"no reply to chunk {req.request_id} within {self.timeout} s"
-            ) from None
+            raise chunk_timeout(req.request_id, self.timeout) from None
         return reply.step, None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -15,27 +13,27 @@ import numpy.typing as npt
 
 from rnnserve_client import _builders as b
 from rnnserve_client import _health
-from rnnserve_client._errors import DeadlineExceeded, Unavailable, error_from_rpc
+from rnnserve_client._base import (
+    DEFAULT_OPTIONS,
+    DEFAULT_TARGET,
+    ClientBase,
+    channel_options,
+    chunk_timeout,
+    frame_timeout,
+    health_poll_timeout,
+    unary_step_reply,
+)
+from rnnserve_client._errors import DeadlineExceeded, error_from_rpc
 from rnnserve_client._sync_stream import StreamMux
 from rnnserve_client._types import FrameResult, ModelInfo, SessionInfo, SessionSnapshot
 from rnnserve_client.session import Session
 from rnnserve_proto import model_repository_pb2 as repo_pb
 from rnnserve_proto import rnnserve_pb2 as pb
-from rnnserve_proto import rnnserve_pb2_grpc as pb_grpc
 
-DEFAULT_TARGET = "localhost:8001"
-# Reconnect quickly after a cut (gRPC's default first backoff is 1 s); messages as large as the
-# server's default limit.
-DEFAULT_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-)
+__all__ = ["DEFAULT_OPTIONS", "DEFAULT_TARGET", "Client"]
 
 
-class Client:
+class Client(ClientBase[grpc.Channel]):
     """A connection to an rnnserve server.
 
     All sessions created from one client share its channel and one bidirectional Stream (replies
@@ -63,29 +61,22 @@ class Client:
         options: Sequence[tuple[str, Any]] = (),
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self.target = target
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.retry_backoff = retry_backoff
-        self.use_stream = use_stream
-        opts = [*DEFAULT_OPTIONS, *options]
-        self._channel = (
+        opts = channel_options(options)
+        channel = (
             grpc.secure_channel(target, credentials, options=opts)
             if credentials is not None
             else grpc.insecure_channel(target, options=opts)
         )
-        self._inference: Any = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._sessions: Any = pb_grpc.SessionsStub(self._channel)  # type: ignore[no-untyped-call]
-        self._models: Any = pb_grpc.ModelsStub(self._channel)  # type: ignore[no-untyped-call]
-        self._health = self._channel.unary_unary(
-            _health.HEALTH_CHECK,
-            request_serializer=_health.identity,
-            response_deserializer=_health.identity,
+        super().__init__(
+            channel,
+            target=target,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_backoff=retry_backoff,
+            use_stream=use_stream,
+            id_prefix="c",
         )
         self._mux = StreamMux(self._inference)
-        self._ids = itertools.count()
-        self._id_prefix = f"c{os.getpid()}-{id(self):x}"
-        self._closed = False
 
     # -- lifecycle --------------------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -121,7 +112,7 @@ class Client:
                     _health.decode_status(
                         self._health(
                             _health.encode_request(service),
-                            timeout=max(0.1, min(1.0, deadline - time.monotonic())),
+                            timeout=health_poll_timeout(deadline - time.monotonic()),
                             wait_for_ready=True,
                         )
                     )
@@ -217,16 +208,13 @@ class Client:
             end=end,
             expected_step=expected_step,
         )
-        if self._closed:
-            raise RuntimeError("the client is closed")
+        self._check_open()
         future = self._mux.submit(pb.StreamRequest(frame=req), req.request_id)
         try:
             reply = future.result(timeout=self.timeout)
         except FutureTimeout:
             self._mux.forget(req.request_id)
-            raise DeadlineExceeded(
-                f"no reply to frame {req.request_id} in {self.timeout} s"
-            ) from None
+            raise frame_timeout(req.request_id, self.timeout) from None
         return b.frame_result(reply.frame)
 
     # -- models -----------------------------------------------------------------------------------
@@ -243,12 +231,8 @@ class Client:
         return msg
 
     # -- internals used by Session ----------------------------------------------------------------
-    def _next_id(self) -> str:
-        return f"{self._id_prefix}-{next(self._ids)}"
-
     def _call(self, method: Any, request: Any, **kwargs: Any) -> Any:
-        if self._closed:
-            raise RuntimeError("the client is closed")
+        self._check_open()
         try:
             return method(request, timeout=self.timeout, **kwargs)
         except grpc.RpcError as exc:
@@ -257,23 +241,12 @@ class Client:
     def _send_step(self, req: pb.StepRequest) -> tuple[pb.StepResponse, grpc.RpcError | None]:
         """Send one chunk; the reply carries its status (the unary path synthesises one, with
         the step count unknown). Raises Unavailable (or DeadlineExceeded) when no reply came."""
-        if self._closed:
-            raise RuntimeError("the client is closed")
+        self._check_open()
         if not self.use_stream:
             try:
                 reply = self._inference.Step(req, timeout=self.timeout)
             except grpc.RpcError as exc:
-                err = error_from_rpc(exc)
-                if isinstance(err, Unavailable):
-                    raise err from exc
-                status = pb.Status(code=err.code.value[0], message=err.details)
-                synth = pb.StepResponse(
-                    session_id=req.session_id,
-                    request_id=req.request_id,
-                    step=b.STEP_UNKNOWN,
-                    status=status,
-                )
-                return synth, exc
+                return unary_step_reply(req, exc), exc
             assert isinstance(reply, pb.StepResponse)
             return reply, None
         future = self._mux.submit(pb.StreamRequest(step=req), req.request_id)
@@ -281,6 +254,4 @@ class Client:
             return future.result(timeout=self.timeout).step, None
         except FutureTimeout:
             self._mux.forget(req.request_id)
-            raise DeadlineExceeded(
-                f"no reply to chunk {req.request_id} within {self.timeout} s"
-            ) from None
+            raise chunk_timeout(req.request_id, self.timeout) from None

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 
@@ -92,9 +93,14 @@ class _SessionBase:
             expected_step=None if start else self._step,
         )
 
-    def _settle(self, outcome: b.StepOutcome, end: bool) -> b.FloatArray:
-        """Apply a reply's outcome to the step index; return y or raise."""
+    def _settle(
+        self, outcome: b.StepOutcome, end: bool, rpc_error: grpc.RpcError | None
+    ) -> b.FloatArray:
+        """Apply a reply's outcome to the step index; return y or raise (chained to the failed
+        call, where the unary path had one)."""
         if outcome.error is not None:
+            if rpc_error is not None:
+                outcome.error.__cause__ = rpc_error
             if outcome.step is not None:
                 self._step = outcome.step
             if isinstance(outcome.error, NotFound) or (
@@ -191,9 +197,7 @@ class Session(_SessionBase):
             outcome = b.interpret_step(
                 reply, expected_step=expected, steps=len(chunk), resent=resent, start=start, end=end
             )
-        if outcome.error is not None and rpc_error is not None:
-            outcome.error.__cause__ = rpc_error
-        return self._settle(outcome, end)
+        return self._settle(outcome, end, rpc_error)
 
     def _server_step(self) -> int:
         try:
@@ -311,9 +315,7 @@ class AsyncSession(_SessionBase):
             outcome = b.interpret_step(
                 reply, expected_step=expected, steps=len(chunk), resent=resent, start=start, end=end
             )
-        if outcome.error is not None and rpc_error is not None:
-            outcome.error.__cause__ = rpc_error
-        return self._settle(outcome, end)
+        return self._settle(outcome, end, rpc_error)
 
     async def stream(
         self,

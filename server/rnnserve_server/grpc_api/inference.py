@@ -25,6 +25,7 @@ from rnnserve_proto import rnnserve_pb2_grpc as pb_grpc
 from rnnserve_server.batcher import StepResult
 from rnnserve_server.errors import ErrorCode, InvalidArgument, RnnServeError
 from rnnserve_server.grpc_api import convert
+from rnnserve_server.grpc_api.drain import StreamDrain
 from rnnserve_server.grpc_api.recording import Recorder
 from rnnserve_server.grpc_api.status import abort, as_service_error, code_name, status_proto
 from rnnserve_server.service import InferenceService
@@ -43,20 +44,17 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._service = service
         self._rec = recorder
         # Stream readers, cancelled on shutdown so open streams stop taking new work.
-        self._readers: set[asyncio.Task[None]] = set()
-        self._draining = False
+        self._drain = StreamDrain()
         self._latest: dict[str, int] | None = None
 
     def begin_drain(self) -> None:
         """Shutdown stage: open streams stop reading, answer what they took, then end with
         UNAVAILABLE so clients reconnect elsewhere."""
-        self._draining = True
-        for reader in list(self._readers):
-            reader.cancel()
+        self._drain.begin()
 
     @property
     def draining(self) -> bool:
-        return self._draining
+        return self._drain.draining
 
     # -- Stream ----------------------------------------------------------------------------------
     @override
@@ -93,10 +91,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             finally:
                 put(None)
 
-        if self._draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        await self._drain.refuse_if_draining(context)
         reader = loop.create_task(read())
-        self._readers.add(reader)
+        self._drain.add(reader)
         sent = 0
         reading = True
         try:
@@ -108,18 +105,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 sent += 1
                 if reply is not _CANCELLED:
                     yield reply
-            if reader.cancelled():
-                if self.draining:
-                    context.set_code(grpc.StatusCode.UNAVAILABLE)
-                    context.set_details("server is shutting down; reconnect to continue")
-            else:
-                failure = reader.exception()
-                if failure is not None:
-                    # The read side failed (e.g. an oversized message): end the call with it.
-                    raise failure
+            self._drain.finish(reader, context)
         finally:
-            self._readers.discard(reader)
-            reader.cancel()
+            self._drain.discard(reader)
 
     def _submit_stream_step(
         self,

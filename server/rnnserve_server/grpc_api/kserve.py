@@ -30,6 +30,7 @@ from rnnserve_proto import model_repository_pb2 as repo_pb2
 from rnnserve_server.config import ServerSettings
 from rnnserve_server.errors import ErrorCode, InvalidArgument, NotFound, RnnServeError
 from rnnserve_server.grpc_api import kserve_convert as conv
+from rnnserve_server.grpc_api.drain import StreamDrain
 from rnnserve_server.grpc_api.recording import Recorder
 from rnnserve_server.grpc_api.status import abort, as_service_error, code_name
 from rnnserve_server.types import ModelInfo, StepInput
@@ -69,19 +70,16 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         self._counters: dict[tuple[str, int], conv.ModelCounters] = {}
         # Model metadata never changes while the server runs; the service hands out copies.
         self._metas: dict[tuple[str, int | None], repo_pb2.ModelMetadata] = {}
-        self._readers: set[asyncio.Task[None]] = set()
-        self._draining = False
+        self._drain = StreamDrain()
 
     def begin_drain(self) -> None:
         """Shutdown stage: not ready any more; open streams stop reading and end after answering
         what they took."""
-        self._draining = True
-        for reader in list(self._readers):
-            reader.cancel()
+        self._drain.begin()
 
     @property
     def draining(self) -> bool:
-        return self._draining
+        return self._drain.draining
 
     # -- health and metadata ---------------------------------------------------------------------
     @override
@@ -95,7 +93,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         self, request: kpb.ServerReadyRequest, context: Context
     ) -> kpb.ServerReadyResponse:
         models = self._service.list_models()
-        ready = not self._draining and all(m.ready for m in models)
+        ready = not self._drain.draining and all(m.ready for m in models)
         return kpb.ServerReadyResponse(ready=ready)
 
     @override
@@ -116,7 +114,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         except RnnServeError:
             return kpb.ModelReadyResponse(ready=False)  # Triton: not ready, not an error
         ready = info.ready and (version is None or version in info.versions)
-        return kpb.ModelReadyResponse(ready=ready and not self._draining)
+        return kpb.ModelReadyResponse(ready=ready and not self._drain.draining)
 
     @override
     async def ModelMetadata(
@@ -182,8 +180,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         """Every request becomes a task as it is read, in arrival order (so chunks of one sequence
         reach the service in order); replies go out as tasks finish. A failed request gets a
         reply with `error_message` and the stream stays open."""
-        if self._draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        await self._drain.refuse_if_draining(context)
         loop = asyncio.get_running_loop()
         replies: asyncio.Queue[kpb.ModelStreamInferResponse | None] = asyncio.Queue()
         inflight: set[asyncio.Task[kpb.ModelStreamInferResponse]] = set()
@@ -206,7 +203,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
                 replies.put_nowait(None)
 
         reader = loop.create_task(read())
-        self._readers.add(reader)
+        self._drain.add(reader)
         sent = 0
         reading = True
         try:
@@ -217,17 +214,9 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
                     continue
                 sent += 1
                 yield reply
-            if reader.cancelled():
-                if self.draining:
-                    context.set_code(grpc.StatusCode.UNAVAILABLE)
-                    context.set_details("server is shutting down; reconnect to continue")
-            else:
-                failure = reader.exception()
-                if failure is not None:  # the read side failed (e.g. an oversized message)
-                    raise failure
+            self._drain.finish(reader, context)
         finally:
-            self._readers.discard(reader)
-            reader.cancel()
+            self._drain.discard(reader)
 
     async def _stream_one(self, request: kpb.ModelInferRequest) -> kpb.ModelStreamInferResponse:
         try:
