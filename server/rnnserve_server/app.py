@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -135,6 +136,13 @@ class App:
         recorder = Recorder(service.metrics, service.model_names())
         self.specs = servicers(service, recorder)
         self.server = build_server(settings, self.specs, self.health)
+        # Everything built so far lives as long as the server: keep it out of the cyclic GC's
+        # scans, and collect the young generation less often. Measured at 256 ping-pong
+        # sessions, this cut the step latency's p99 by about a quarter (GC pauses hit whole
+        # batches of replies at once).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         try:
             grpc_port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
         except RuntimeError as exc:  # grpc says only "Failed to bind"
