@@ -1,4 +1,5 @@
-"""The shutdown stage shared by the servicers with bidirectional streams (Stream, ModelStreamInfer).
+"""What the servicers with bidirectional streams (Stream, ModelStreamInfer) share: the write side
+of a stream (`StreamDrain.serve` over `StreamReplies`) and the shutdown stage.
 
 `app.py` calls each servicer's `begin_drain()`: it stops every open stream from reading further
 requests; each stream then answers what it took and ends with UNAVAILABLE, and new streams are
@@ -8,12 +9,45 @@ refused, so clients reconnect to another replica.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
 
 Context = grpc.aio.ServicerContext[Any, Any]
+R = TypeVar("R")
+_END: Any = object()  # the reader has stopped taking requests
+
+
+class StreamReplies(Generic[R]):
+    """One stream's replies in the order they finish. The reader calls `expect()` for every
+    request it takes; exactly one `put()` follows for each, with the reply or None (nothing to
+    send, e.g. a request cancelled at loop teardown), so the writer knows when it is done."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[R | None] = asyncio.Queue()
+        self.put = self._queue.put_nowait
+        self._expected = 0
+
+    def expect(self) -> None:
+        self._expected += 1
+
+    def close(self) -> None:
+        self.put(_END)
+
+    async def __aiter__(self) -> AsyncIterator[R]:
+        get = self._queue.get
+        sent = 0
+        reading = True
+        while reading or sent < self._expected:
+            reply = await get()
+            if reply is _END:
+                reading = False
+                continue
+            sent += 1
+            if reply is not None:
+                yield reply
 
 
 class StreamDrain:
@@ -37,8 +71,28 @@ class StreamDrain:
         if self._draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
 
-    def add(self, reader: asyncio.Task[None]) -> None:
+    async def serve(
+        self, context: Context, read: Callable[[], Awaitable[None]], replies: StreamReplies[R]
+    ) -> AsyncIterator[R]:
+        """A bidirectional stream's write side: run `read` (which takes requests and arranges
+        their replies) as a task, send the replies as they come, then end the call as `finish`
+        says."""
+        await self.refuse_if_draining(context)
+
+        async def reader_body() -> None:
+            try:
+                await read()
+            finally:
+                replies.close()
+
+        reader = asyncio.get_running_loop().create_task(reader_body())
         self._readers.add(reader)
+        try:
+            async for reply in replies:
+                yield reply
+            self.finish(reader, context)
+        finally:
+            self.discard(reader)
 
     def finish(self, reader: asyncio.Task[None], context: Context) -> None:
         """After a stream answered all it took: a drain ends it with UNAVAILABLE; a failed read

@@ -25,7 +25,7 @@ from rnnserve_proto import rnnserve_pb2_grpc as pb_grpc
 from rnnserve_server.batcher import StepResult
 from rnnserve_server.errors import ErrorCode, InvalidArgument, RnnServeError
 from rnnserve_server.grpc_api import convert
-from rnnserve_server.grpc_api.drain import StreamDrain
+from rnnserve_server.grpc_api.drain import StreamDrain, StreamReplies
 from rnnserve_server.grpc_api.recording import Recorder
 from rnnserve_server.grpc_api.status import abort, as_service_error, code_name, status_proto
 from rnnserve_server.service import InferenceService
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 _OK = code_name(ErrorCode.OK)
 _NO_KIND = InvalidArgument("StreamRequest carries neither a step nor a frame")
-_CANCELLED = pb.StreamResponse()  # marker: a request was cancelled, nothing to send
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
@@ -62,58 +61,37 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self, request_iterator: AsyncIterator[pb.StreamRequest], context: Context
     ) -> AsyncIterator[pb.StreamResponse]:
         loop = asyncio.get_running_loop()
-        replies: asyncio.Queue[pb.StreamResponse | None] = asyncio.Queue()
-        put = replies.put_nowait
+        replies: StreamReplies[pb.StreamResponse] = StreamReplies()
+        put = replies.put
         # Each session's latest chunk in flight on this stream (see the module docstring).
         tails: dict[str, asyncio.Future[Any]] = {}
         frames: set[asyncio.Task[pb.StreamResponse]] = set()
-        submitted = 0
 
         def frame_done(task: asyncio.Task[pb.StreamResponse]) -> None:
             frames.discard(task)
-            # A cancelled task (only at loop teardown) still counts, so the writer can finish.
-            put(_CANCELLED if task.cancelled() else task.result())
+            put(None if task.cancelled() else task.result())
 
         async def read() -> None:
-            nonlocal submitted
-            try:
-                async for request in request_iterator:
-                    submitted += 1
-                    kind = request.WhichOneof("kind")
-                    if kind == "step":
-                        self._submit_stream_step(request.step, tails, put)
-                    elif kind == "frame":
-                        task = loop.create_task(self._stream_frame(request.frame))
-                        frames.add(task)
-                        task.add_done_callback(frame_done)
-                    else:
-                        put(pb.StreamResponse(step=pb.StepResponse(status=status_proto(_NO_KIND))))
-            finally:
-                put(None)
+            async for request in request_iterator:
+                replies.expect()
+                kind = request.WhichOneof("kind")
+                if kind == "step":
+                    self._submit_stream_step(request.step, tails, put)
+                elif kind == "frame":
+                    task = loop.create_task(self._stream_frame(request.frame))
+                    frames.add(task)
+                    task.add_done_callback(frame_done)
+                else:
+                    put(pb.StreamResponse(step=pb.StepResponse(status=status_proto(_NO_KIND))))
 
-        await self._drain.refuse_if_draining(context)
-        reader = loop.create_task(read())
-        self._drain.add(reader)
-        sent = 0
-        reading = True
-        try:
-            while reading or sent < submitted:
-                reply = await replies.get()
-                if reply is None:
-                    reading = False
-                    continue
-                sent += 1
-                if reply is not _CANCELLED:
-                    yield reply
-            self._drain.finish(reader, context)
-        finally:
-            self._drain.discard(reader)
+        async for reply in self._drain.serve(context, read, replies):
+            yield reply
 
     def _submit_stream_step(
         self,
         request: pb.StepRequest,
         tails: dict[str, asyncio.Future[Any]],
-        put: Callable[[pb.StreamResponse], None],
+        put: Callable[[pb.StreamResponse | None], None],
     ) -> None:
         """Queue one streamed chunk; its reply is `put` when it is done (exactly one reply)."""
         started = perf_counter()
@@ -138,7 +116,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             if tails.get(pending.session_id) is fut:
                 del tails[pending.session_id]
             if fut.cancelled():
-                put(_CANCELLED)
+                put(None)  # nothing to send, but it counts
                 return
             failure = fut.exception()
             if failure is not None:
@@ -158,7 +136,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         request: pb.StepRequest,
         error: RnnServeError,
         started: float,
-        put: Callable[[pb.StreamResponse], None],
+        put: Callable[[pb.StreamResponse | None], None],
     ) -> None:
         """A rejected streamed chunk's reply, with the session's (unchanged) step count."""
         self._rec.request(

@@ -30,7 +30,7 @@ from rnnserve_proto import model_repository_pb2 as repo_pb2
 from rnnserve_server.config import ServerSettings
 from rnnserve_server.errors import ErrorCode, InvalidArgument, NotFound, RnnServeError
 from rnnserve_server.grpc_api import kserve_convert as conv
-from rnnserve_server.grpc_api.drain import StreamDrain
+from rnnserve_server.grpc_api.drain import StreamDrain, StreamReplies
 from rnnserve_server.grpc_api.recording import Recorder
 from rnnserve_server.grpc_api.status import abort, as_service_error, code_name
 from rnnserve_server.types import ModelInfo, StepInput
@@ -180,43 +180,23 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         """Every request becomes a task as it is read, in arrival order (so chunks of one sequence
         reach the service in order); replies go out as tasks finish. A failed request gets a
         reply with `error_message` and the stream stays open."""
-        await self._drain.refuse_if_draining(context)
         loop = asyncio.get_running_loop()
-        replies: asyncio.Queue[kpb.ModelStreamInferResponse | None] = asyncio.Queue()
+        replies: StreamReplies[kpb.ModelStreamInferResponse] = StreamReplies()
         inflight: set[asyncio.Task[kpb.ModelStreamInferResponse]] = set()
-        submitted = 0
 
         def finished(task: asyncio.Task[kpb.ModelStreamInferResponse]) -> None:
             inflight.discard(task)
-            if not task.cancelled():
-                replies.put_nowait(task.result())
+            replies.put(None if task.cancelled() else task.result())
 
         async def read() -> None:
-            nonlocal submitted
-            try:
-                async for request in request_iterator:
-                    task = loop.create_task(self._stream_one(request))
-                    inflight.add(task)
-                    task.add_done_callback(finished)
-                    submitted += 1
-            finally:
-                replies.put_nowait(None)
+            async for request in request_iterator:
+                replies.expect()
+                task = loop.create_task(self._stream_one(request))
+                inflight.add(task)
+                task.add_done_callback(finished)
 
-        reader = loop.create_task(read())
-        self._drain.add(reader)
-        sent = 0
-        reading = True
-        try:
-            while reading or sent < submitted:
-                reply = await replies.get()
-                if reply is None:
-                    reading = False
-                    continue
-                sent += 1
-                yield reply
-            self._drain.finish(reader, context)
-        finally:
-            self._drain.discard(reader)
+        async for reply in self._drain.serve(context, read, replies):
+            yield reply
 
     async def _stream_one(self, request: kpb.ModelInferRequest) -> kpb.ModelStreamInferResponse:
         try:
