@@ -115,6 +115,46 @@ def _check_step(resp: rnnserve_pb2.StreamResponse, out_bytes: int, res: _WorkerR
             )
 
 
+class _PingPong:
+    """One session's ping-pong: the request it re-sends (start only on the first) and the
+    bookkeeping of every reply: checked, the window opened after the first, counted inside it."""
+
+    def __init__(
+        self, spec: LoadSpec, sid: str, win: _Window, res: _WorkerResult, x: rnnserve_pb2.Tensor
+    ) -> None:
+        self.req = rnnserve_pb2.StreamRequest(
+            step=rnnserve_pb2.StepRequest(session_id=sid, model=spec.model, input=x, start=True)
+        )
+        self.out_bytes = spec.out_features * 4
+        self.win = win
+        self.res = res
+        self.sent = 0
+        self.counted = 0
+
+    def next_request(self) -> rnnserve_pb2.StreamRequest:
+        self.req.step.request_id = str(self.sent)
+        return self.req
+
+    async def reply(self, resp: rnnserve_pb2.StreamResponse, t0: float, t1: float) -> bool:
+        """Account one reply; True once the measured window is over."""
+        res = self.res
+        _check_step(resp, self.out_bytes, res)
+        if self.sent == 0:
+            self.req.step.start = False
+            await self.win.first_reply()
+        self.sent += 1
+        if t1 >= self.win.start:
+            if t1 > self.win.end:
+                return True
+            res.steps += 1
+            self.counted += 1
+            res.latencies_s.append(t1 - t0)
+        return False
+
+    def close(self) -> None:
+        self.res.starved += self.counted == 0
+
+
 async def _single_session_stream(
     stub: rnnserve_pb2_grpc.InferenceStub,
     spec: LoadSpec,
@@ -124,35 +164,20 @@ async def _single_session_stream(
     rng: np.random.Generator,
 ) -> None:
     x = _tensor(rng.standard_normal((1, spec.features), dtype=np.float32))
-    req = rnnserve_pb2.StreamRequest(
-        step=rnnserve_pb2.StepRequest(session_id=sid, model=spec.model, input=x, start=True)
-    )
-    out_bytes = spec.out_features * 4
+    pp = _PingPong(spec, sid, win, res, x)
     call = stub.Stream()
-    i = 0
     clock = time.monotonic
-    lat = res.latencies_s
-    mine = 0
     while True:
-        req.step.request_id = str(i)
+        req = pp.next_request()
         t0 = clock()
         await call.write(req)
         resp = await call.read()
         t1 = clock()
         if resp is EOF:
             raise RuntimeError(f"stream of {sid} ended early: {await call.code()}")
-        _check_step(resp, out_bytes, res)
-        if i == 0:
-            req.step.start = False
-            await win.first_reply()
-        i += 1
-        if t1 >= win.start:
-            if t1 > win.end:
-                break
-            res.steps += 1
-            mine += 1
-            lat.append(t1 - t0)
-    res.starved += mine == 0
+        if await pp.reply(resp, t0, t1):
+            break
+    pp.close()
     await _finish(call)
 
 
@@ -168,7 +193,6 @@ async def _multiplexed_stream(
     loop = asyncio.get_running_loop()
     pending: dict[str, asyncio.Future[rnnserve_pb2.StreamResponse]] = {}
     write_lock = asyncio.Lock()  # one write in flight per call
-    out_bytes = spec.out_features * 4
 
     async def reader() -> None:
         async for resp in call:
@@ -181,13 +205,10 @@ async def _multiplexed_stream(
 
     async def session(sid: str) -> None:
         x = _tensor(rng.standard_normal((1, spec.features), dtype=np.float32))
-        req = rnnserve_pb2.StreamRequest(
-            step=rnnserve_pb2.StepRequest(session_id=sid, model=spec.model, input=x, start=True)
-        )
-        i = mine = 0
+        pp = _PingPong(spec, sid, win, res, x)
         clock = time.monotonic
         while True:
-            req.step.request_id = str(i)
+            req = pp.next_request()
             fut: asyncio.Future[rnnserve_pb2.StreamResponse] = loop.create_future()
             pending[sid] = fut
             t0 = clock()
@@ -195,18 +216,9 @@ async def _multiplexed_stream(
                 await call.write(req)
             resp = await fut
             t1 = clock()
-            _check_step(resp, out_bytes, res)
-            if i == 0:
-                req.step.start = False
-                await win.first_reply()
-            i += 1
-            if t1 >= win.start:
-                if t1 > win.end:
-                    break
-                res.steps += 1
-                mine += 1
-                res.latencies_s.append(t1 - t0)
-        res.starved += mine == 0
+            if await pp.reply(resp, t0, t1):
+                break
+        pp.close()
 
     read_task = asyncio.create_task(reader())
     await asyncio.gather(*(session(s) for s in sids))
