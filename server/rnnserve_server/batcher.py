@@ -40,6 +40,7 @@ from rnnserve_server.errors import (
 )
 from rnnserve_server.lanes import SessionLanes, Work
 from rnnserve_server.metrics import Metrics, observe_many
+from rnnserve_server.outcome import Outcome
 from rnnserve_server.runtime import ModelRunner, States
 from rnnserve_server.store import SessionStore
 from rnnserve_server.types import FloatArray
@@ -74,7 +75,7 @@ class Chunk(Work):
         end: BoolArray,
         expected: IntArray,  # -1 = no check
         frame: bool,
-        future: asyncio.Future[Any],
+        future: Outcome,
         flags: int,
     ) -> None:
         super().__init__(ids, future, batcher)
@@ -243,15 +244,19 @@ class Batcher:
         return fut
 
     def submit_step(
-        self, session_id: str, x: FloatArray, start: bool, end: bool, expected: int | None
-    ) -> asyncio.Future[Any]:
-        """`submit` for one session's [T, F] chunk, inlined: this runs once per step."""
-        loop = self._loop_ref
-        if loop is None or self._closed:
-            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            fut.set_exception(Unavailable("server is shutting down"))
-            return fut
-        fut = loop.create_future()
+        self,
+        session_id: str,
+        x: FloatArray,
+        start: bool,
+        end: bool,
+        expected: int | None,
+        outcome: Outcome,
+    ) -> None:
+        """`submit` for one session's [T, F] chunk, inlined: this runs once per step. Its
+        StepResult (or RnnServeError) is delivered to `outcome`."""
+        if self._loop_ref is None or self._closed:
+            outcome.set_exception(Unavailable("server is shutting down"))
+            return
         chunk = Chunk(
             self,
             [session_id],
@@ -260,7 +265,7 @@ class Batcher:
             _TRUE1 if end else _FALSE1,
             _NO_EXPECT1 if expected is None else np.full(1, expected, np.int64),
             False,
-            fut,
+            outcome,
             (_START if start else 0) | (_END if end else 0) | (0 if expected is None else _EXPECT),
         )
         self._pending += 1
@@ -269,7 +274,6 @@ class Batcher:
             self._ready.append(chunk)
             self._ready_rows += 1
             self._wake.set()
-        return fut
 
     def push(self, chunk: Chunk) -> None:
         """A chunk reached the head of all its lanes."""
@@ -580,6 +584,9 @@ class Batcher:
             pos = np.full(len(ids), -1, np.int64)
             pos[ok_rows] = np.arange(ok_rows.size)
         errors = g.errors
+        # Python ints for the per-step loop (indexing a list beats indexing an array).
+        after_at: list[int] = after.tolist()
+        pos_at: list[int] | None = None if pos is None else pos.tolist()
         off = 0
         for c in g.items:
             n = len(c.ids)
@@ -587,12 +594,12 @@ class Batcher:
             if fut.done():  # the caller gave up while the run was in flight
                 pass
             elif not c.frame:
-                err = errors.get(off)
+                err = errors.get(off) if errors else None
                 if err is not None:
                     fut.set_exception(err)
                 elif y_ok is not None:
-                    p = off if pos is None else int(pos[off])
-                    fut.set_result(StepResult(y_ok[p], int(after[p])))
+                    p = off if pos_at is None else pos_at[off]
+                    fut.set_result(StepResult(y_ok[p], after_at[p]))
             else:
                 fut.set_result(self._frame_result(g, off, n, y_ok, after, pos))
             self._finish(c)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rnnserve_server.errors import Internal, RnnServeError
+from rnnserve_server.outcome import Outcome
 
 if TYPE_CHECKING:
     from rnnserve_server.batcher import Batcher
@@ -29,9 +30,7 @@ class Work:
 
     __slots__ = ("blocked", "future", "ids", "owner", "waiters")
 
-    def __init__(
-        self, ids: list[str], future: asyncio.Future[Any], owner: Batcher | None = None
-    ) -> None:
+    def __init__(self, ids: list[str], future: Outcome, owner: Batcher | None = None) -> None:
         self.ids = ids
         self.future = future
         self.owner = owner  # the model version this work creates or runs sessions on, if any
@@ -45,7 +44,7 @@ class Work:
 class Control(Work):
     """An admin operation that must see every earlier step of its sessions."""
 
-    __slots__ = ("fn", "lanes")
+    __slots__ = ("fn", "lanes", "waiter")
 
     def __init__(
         self,
@@ -58,20 +57,22 @@ class Control(Work):
         super().__init__(ids, future, owner)
         self.lanes = lanes
         self.fn = fn
+        self.waiter = future
 
     def on_ready(self) -> None:
         # Run on the next loop iteration, not inside the release that readied it.
-        self.future.get_loop().call_soon(self._run)
+        self.waiter.get_loop().call_soon(self._run)
 
     def _run(self) -> None:
+        waiter = self.waiter
         try:
-            if not self.future.done():
-                self.future.set_result(self.fn())
+            if not waiter.done():
+                waiter.set_result(self.fn())
         except RnnServeError as exc:
-            self.future.set_exception(exc)
+            waiter.set_exception(exc)
         except Exception as exc:  # a bug: report it as INTERNAL, keep the lanes moving
             log.exception("admin operation failed")
-            self.future.set_exception(Internal(f"internal error: {exc}"))
+            waiter.set_exception(Internal(f"internal error: {exc}"))
         finally:
             self.lanes.release(self)
 

@@ -48,6 +48,7 @@ from rnnserve_server.errors import (
 )
 from rnnserve_server.lanes import SessionLanes
 from rnnserve_server.metrics import Metrics
+from rnnserve_server.outcome import Outcome
 from rnnserve_server.runtime import ModelRunner
 from rnnserve_server.store import LAST_OUTPUT, RecentEnds, SessionStore
 from rnnserve_server.sweeper import Sweeper
@@ -75,12 +76,11 @@ _REASON_TEXT = {
 
 
 class PendingStep(NamedTuple):
-    """A chunk accepted and queued by `submit_step`: where it went, and its result to come."""
+    """Where a chunk accepted by `submit_step` went (its result goes to the caller's outcome)."""
 
     session_id: str  # the server-assigned id when the request had none
     model: str
     version: int
-    future: asyncio.Future[StepResult]
 
 
 class LoadedModel:
@@ -281,14 +281,16 @@ class InferenceService:
 
     # -- inference ---------------------------------------------------------------------------------
     async def step(self, request: StepInput) -> StepOutput:
-        pending = self.submit_step(request)
-        res: StepResult = await pending.future
+        future: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
+        pending = self.submit_step(request, future)
+        res = await future
         return StepOutput(pending.session_id, pending.model, pending.version, res.y, res.step)
 
-    def submit_step(self, request: StepInput) -> PendingStep:
+    def submit_step(self, request: StepInput, outcome: Outcome) -> PendingStep:
         """`step` without the await: validate and queue the chunk now (raising RnnServeError for
-        a rejection, before any state is touched) and return the future of its result. Streams
-        use it to answer from a callback instead of running a task per message."""
+        a rejection, before any state is touched); its StepResult or RnnServeError goes to
+        `outcome` later. Streams pass a `Promise` and answer from its callback: no task and no
+        event-loop hop per message."""
         # The hot path: a handful of cheap checks, each with a slow path that explains.
         if self._closing:
             raise Unavailable("server is shutting down")
@@ -321,8 +323,8 @@ class InferenceService:
         if sid not in m.store.slot_of:
             m = self._route(sid, request.model, version)
         # NaN/Inf are checked by the batcher, vectorised over the whole batch.
-        future = m.batcher.submit_step(sid, x, request.start, request.end, expected)
-        return PendingStep(sid, m.name, m.version, future)
+        m.batcher.submit_step(sid, x, request.start, request.end, expected, outcome)
+        return PendingStep(sid, m.name, m.version)
 
     async def frame(self, request: FrameInput) -> FrameOutput:
         """Per-session failures are reported in FrameOutput.errors; only frame-wide problems

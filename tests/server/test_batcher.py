@@ -57,7 +57,9 @@ class Rig:
     def step(
         self, sid: str, x: np.ndarray, start: bool = False, end: bool = False
     ) -> asyncio.Future[Any]:
-        return self.batcher.submit_step(sid, x, start, end, None)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.batcher.submit_step(sid, x, start, end, None, future)
+        return future
 
     def frame(self, ids: list[str], x: np.ndarray, start: bool) -> asyncio.Future[Any]:
         n = len(ids)

@@ -72,15 +72,27 @@ def array_to_tensor(array: npt.NDArray[np.floating], out: pb.Tensor | None = Non
 
 # -- steps ---------------------------------------------------------------------------------------
 def step_input(request: pb.StepRequest) -> StepInput:
-    x = tensor_to_array(request.input, (2,))
+    # Once per streamed step: the common well-formed [T, F] tensor is checked inline; anything
+    # else goes through tensor_to_array, which explains what is wrong.
+    tensor = request.input
+    shape = tensor.shape
+    data = tensor.data
+    if len(shape) == 2 and (rows := shape[0]) >= 0 and (cols := shape[1]) >= 0:
+        if len(data) == rows * cols * 4:
+            x = np.frombuffer(data, _F32).reshape(rows, cols)
+        else:
+            x = tensor_to_array(tensor, (2,))
+    else:
+        x = tensor_to_array(tensor, (2,))
+    version = request.model_version
     return StepInput(
-        session_id=request.session_id,
-        model=request.model,
-        version=version_or_latest(request.model_version),
-        x=x,
-        start=request.start,
-        end=request.end,
-        expected_step=request.expected_step if request.HasField("expected_step") else None,
+        request.session_id,
+        request.model,
+        version if version > 0 else None,
+        x,
+        request.start,
+        request.end,
+        request.expected_step if request.HasField("expected_step") else None,
     )
 
 
@@ -89,13 +101,28 @@ def step_response(
 ) -> pb.StepResponse:
     """Fill `response` (e.g. a fresh StreamResponse's `step`, avoiding a copy) or a new one."""
     r = pb.StepResponse() if response is None else response
-    r.session_id = out.session_id
-    r.request_id = request_id
-    r.step = out.step
-    r.model = out.model
-    r.model_version = out.version
-    array_to_tensor(out.y, r.output)
+    fill_step_response(r, out.session_id, request_id, out.model, out.version, out.y, out.step)
     return r
+
+
+def fill_step_response(
+    r: pb.StepResponse,
+    session_id: str,
+    request_id: str,
+    model: str,
+    version: int,
+    y: FloatArray,
+    step: int,
+) -> None:
+    """`step_response` from plain values, for the streamed-step hot path."""
+    r.session_id = session_id
+    r.request_id = request_id
+    r.step = step
+    r.model = model
+    r.model_version = version
+    output = r.output
+    output.shape.extend(y.shape)
+    output.data = y.tobytes() if y.dtype == _F32 else y.astype(_F32).tobytes()
 
 
 def step_error_response(request: pb.StepRequest, status: pb.Status, step: int) -> pb.StepResponse:

@@ -9,7 +9,8 @@ refused, so clients reconnect to another replica.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -18,36 +19,56 @@ import grpc.aio
 Context = grpc.aio.ServicerContext[Any, Any]
 R = TypeVar("R")
 _END: Any = object()  # the reader has stopped taking requests
+# What context.read() returns after the client's last message (missing from grpc-stubs).
+EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 class StreamReplies(Generic[R]):
     """One stream's replies in the order they finish. The reader calls `expect()` for every
     request it takes; exactly one `put()` follows for each, with the reply or None (nothing to
-    send, e.g. a request cancelled at loop teardown), so the writer knows when it is done."""
+    send, e.g. a request cancelled at loop teardown), so the writer knows when it is done.
+
+    A deque and one waiter future rather than an asyncio.Queue: `put` runs once per step, from
+    callbacks, and the writer only needs waking when it ran dry."""
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[R | None] = asyncio.Queue()
-        self.put = self._queue.put_nowait
+        self._ready: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._expected = 0
 
     def expect(self) -> None:
         self._expected += 1
 
+    def put(self, reply: R | None) -> None:
+        self._ready.append(reply)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
     def close(self) -> None:
         self.put(_END)
 
-    async def __aiter__(self) -> AsyncIterator[R]:
-        get = self._queue.get
+    async def send_all(self, write: Callable[[R], Awaitable[None]]) -> None:
+        """Write every reply as it comes, until the reader stopped and each request it took was
+        answered."""
+        ready = self._ready
+        loop = asyncio.get_running_loop()
         sent = 0
         reading = True
         while reading or sent < self._expected:
-            reply = await get()
+            if not ready:
+                waiter = self._waiter = loop.create_future()
+                await waiter
+                continue
+            reply = ready.popleft()
             if reply is _END:
                 reading = False
                 continue
             sent += 1
             if reply is not None:
-                yield reply
+                await write(reply)
 
 
 class StreamDrain:
@@ -73,10 +94,10 @@ class StreamDrain:
 
     async def serve(
         self, context: Context, read: Callable[[], Awaitable[None]], replies: StreamReplies[R]
-    ) -> AsyncIterator[R]:
-        """A bidirectional stream's write side: run `read` (which takes requests and arranges
-        their replies) as a task, send the replies as they come, then end the call as `finish`
-        says."""
+    ) -> None:
+        """A bidirectional stream with gRPC's reader/writer API (cheaper per message than an
+        async generator): run `read` (which takes requests and arranges their replies) as a task,
+        write the replies as they come, then end the call as `finish` says."""
         await self.refuse_if_draining(context)
 
         async def reader_body() -> None:
@@ -88,8 +109,7 @@ class StreamDrain:
         reader = asyncio.get_running_loop().create_task(reader_body())
         self._readers.add(reader)
         try:
-            async for reply in replies:
-                yield reply
+            await replies.send_all(context.write)
             self.finish(reader, context)
         finally:
             self.discard(reader)

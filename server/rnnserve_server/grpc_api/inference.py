@@ -2,11 +2,11 @@
 
 Stream multiplexes sessions. A step is validated and queued as soon as it is read
 (`service.submit_step`, in arrival order, which is what keeps each session's chunks in order) and
-answered from its future's callback: no task per message, since on the ping-pong path every
-event-loop hop costs throughput. Frames, rarer and larger, run as tasks. Replies go out as they
-finish, except that a reply never overtakes an earlier reply of the same session on the same
-stream: a rejection is answered at once by the service, so it is chained behind the session's
-chunk still in flight.
+answered from its `Promise`'s callback, which runs inside the batch that computed it: no task and
+no future per message, since on the ping-pong path every event-loop hop costs throughput.
+Frames, rarer and larger, run as tasks. Replies go out as they finish, except that a reply never
+overtakes an earlier reply of the same session on the same stream: a rejection is answered at
+once by the service, so it is chained behind the session's chunk still in flight.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from rnnserve_proto import rnnserve_pb2_grpc as pb_grpc
 from rnnserve_server.batcher import StepResult
 from rnnserve_server.errors import ErrorCode, InvalidArgument, RnnServeError
 from rnnserve_server.grpc_api import convert
-from rnnserve_server.grpc_api.drain import StreamDrain, StreamReplies
+from rnnserve_server.grpc_api.drain import EOF, StreamDrain, StreamReplies
 from rnnserve_server.grpc_api.recording import Recorder
 from rnnserve_server.grpc_api.status import abort, as_service_error, code_name, status_proto
+from rnnserve_server.outcome import Promise
 from rnnserve_server.service import InferenceService
-from rnnserve_server.types import StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     # -- Stream ----------------------------------------------------------------------------------
     @override
-    async def Stream(
+    async def Stream(  # reader/writer API: a coroutine
         self, request_iterator: AsyncIterator[pb.StreamRequest], context: Context
-    ) -> AsyncIterator[pb.StreamResponse]:
+    ) -> None:
         loop = asyncio.get_running_loop()
         replies: StreamReplies[pb.StreamResponse] = StreamReplies()
         put = replies.put
         # Each session's latest chunk in flight on this stream (see the module docstring).
-        tails: dict[str, asyncio.Future[Any]] = {}
+        tails: dict[str, Promise] = {}
         frames: set[asyncio.Task[pb.StreamResponse]] = set()
 
         def frame_done(task: asyncio.Task[pb.StreamResponse]) -> None:
@@ -72,7 +72,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             put(None if task.cancelled() else task.result())
 
         async def read() -> None:
-            async for request in request_iterator:
+            read_next = context.read  # cheaper than iterating request_iterator, which wraps it
+            while (request := await read_next()) is not EOF:
+                assert isinstance(request, pb.StreamRequest)
                 replies.expect()
                 kind = request.WhichOneof("kind")
                 if kind == "step":
@@ -84,52 +86,51 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 else:
                     put(pb.StreamResponse(step=pb.StepResponse(status=status_proto(_NO_KIND))))
 
-        async for reply in self._drain.serve(context, read, replies):
-            yield reply
+        await self._drain.serve(context, read, replies)
 
     def _submit_stream_step(
         self,
         request: pb.StepRequest,
-        tails: dict[str, asyncio.Future[Any]],
+        tails: dict[str, Promise],
         put: Callable[[pb.StreamResponse | None], None],
     ) -> None:
         """Queue one streamed chunk; its reply is `put` when it is done (exactly one reply)."""
         started = perf_counter()
+        promise = Promise()
         try:
-            pending = self._service.submit_step(convert.step_input(request))
+            pending = self._service.submit_step(convert.step_input(request), promise)
         except Exception as exc:  # each request gets its own reply; the stream stays up
             error = as_service_error(exc)
             previous = tails.get(request.session_id)
             if previous is None:
                 self._reply_error(request, error, started, put)
             else:
-                # Callbacks run in the order they were added (even on a future already done),
-                # so this reply follows the previous chunk's.
+                # Callbacks run in the order they were added (at once on a resolved promise), so
+                # this reply follows the previous chunk's.
                 previous.add_done_callback(
                     lambda _: self._reply_error(request, error, started, put)
                 )
             return
-        future = pending.future
-        tails[pending.session_id] = future
+        sid, model, version = pending
+        tails[sid] = promise
 
-        def done(fut: asyncio.Future[StepResult]) -> None:
-            if tails.get(pending.session_id) is fut:
-                del tails[pending.session_id]
-            if fut.cancelled():
-                put(None)  # nothing to send, but it counts
-                return
-            failure = fut.exception()
+        def done(resolved: Promise) -> None:
+            if tails.get(sid) is resolved:
+                del tails[sid]
+            failure = resolved.exception()
             if failure is not None:
                 self._reply_error(request, as_service_error(failure), started, put)
                 return
-            res = fut.result()
-            out = StepOutput(pending.session_id, pending.model, pending.version, res.y, res.step)
+            res: StepResult = resolved.result()
             response = pb.StreamResponse()
-            convert.step_response(out, request.request_id, response.step)
-            self._rec.request(out.model, "stream_step", _OK, perf_counter() - started, len(res.y))
+            y = res.y
+            convert.fill_step_response(
+                response.step, sid, request.request_id, model, version, y, res.step
+            )
+            self._rec.request_soon(model, "stream_step", _OK, perf_counter() - started, len(y))
             put(response)
 
-        future.add_done_callback(done)
+        promise.add_done_callback(done)
 
     def _reply_error(
         self,

@@ -30,7 +30,7 @@ from rnnserve_proto import model_repository_pb2 as repo_pb2
 from rnnserve_server.config import ServerSettings
 from rnnserve_server.errors import ErrorCode, InvalidArgument, NotFound, RnnServeError
 from rnnserve_server.grpc_api import kserve_convert as conv
-from rnnserve_server.grpc_api.drain import StreamDrain, StreamReplies
+from rnnserve_server.grpc_api.drain import EOF, StreamDrain, StreamReplies
 from rnnserve_server.grpc_api.recording import Recorder
 from rnnserve_server.grpc_api.status import abort, as_service_error, code_name
 from rnnserve_server.types import ModelInfo, StepInput
@@ -174,9 +174,9 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             await abort(context, as_service_error(exc))
 
     @override
-    async def ModelStreamInfer(
+    async def ModelStreamInfer(  # reader/writer API: a coroutine
         self, request_iterator: AsyncIterator[kpb.ModelInferRequest], context: Context
-    ) -> AsyncIterator[kpb.ModelStreamInferResponse]:
+    ) -> None:
         """Every request becomes a task as it is read, in arrival order (so chunks of one sequence
         reach the service in order); replies go out as tasks finish. A failed request gets a
         reply with `error_message` and the stream stays open."""
@@ -189,14 +189,15 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             replies.put(None if task.cancelled() else task.result())
 
         async def read() -> None:
-            async for request in request_iterator:
+            read_next = context.read
+            while (request := await read_next()) is not EOF:
+                assert isinstance(request, kpb.ModelInferRequest)
                 replies.expect()
                 task = loop.create_task(self._stream_one(request))
                 inflight.add(task)
                 task.add_done_callback(finished)
 
-        async for reply in self._drain.serve(context, read, replies):
-            yield reply
+        await self._drain.serve(context, read, replies)
 
     async def _stream_one(self, request: kpb.ModelInferRequest) -> kpb.ModelStreamInferResponse:
         try:
