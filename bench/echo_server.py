@@ -3,18 +3,23 @@
 Every StepRequest is answered by a StepResponse of the same size (its input tensor is returned as
 the output, which has the same shape because the benchmark model has 16 inputs and 16 outputs);
 a FrameRequest by a FrameResponse with the per-session fields filled. Run it as
-`python -m bench.echo_server --port 0`; it prints `BENCH_PORT=<port>` when it is serving.
+`python -m bench.echo_server --port 0 [--loop auto|asyncio|uvloop]`; it prints
+`BENCH_PORT=<port>` when it is serving.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 
-from bench.serverutil import MAX_MESSAGE_BYTES, serve_until_signal
+from bench.serverutil import (
+    MAX_MESSAGE_BYTES,
+    add_loop_argument,
+    run_server,
+    serve_until_signal,
+)
 from rnnserve_proto import rnnserve_pb2, rnnserve_pb2_grpc
 
 
@@ -78,8 +83,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    add_loop_argument(parser)
     args = parser.parse_args()
-    asyncio.run(_main(args.host, args.port))
+    run_server(lambda: _main(args.host, args.port), args.loop)
 
 
 if __name__ == "__main__":

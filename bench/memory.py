@@ -17,6 +17,7 @@ from bench.loadgen import EOF
 from bench.model import BenchModel, ensure_model, load_model
 from bench.procstat import rss_bytes
 from bench.servers import ServerProcess, rnnserve_command, wait_model_ready
+from bench.serverutil import LOOP_CHOICES
 from rnnserve_proto import rnnserve_pb2, rnnserve_pb2_grpc
 
 
@@ -85,10 +86,11 @@ def measure(
     gpu: bool = False,
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    event_loop: str | None = None,
 ) -> MemoryResult:
     server = ServerProcess(
         "rnnserve (memory)",
-        rnnserve_command(model.repository, gpu, *extra_args),
+        rnnserve_command(model.repository, gpu, *extra_args, event_loop=event_loop),
         workdir / "rnnserve-memory.log",
         env,
     )
@@ -119,6 +121,12 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=100_000)
     parser.add_argument("--frame", type=int, default=1024)
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument(
+        "--loop",
+        choices=LOOP_CHOICES,
+        default=None,
+        help="rnnserve's --event-loop (asyncio/uvloop); default: the server's own default",
+    )
     a = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rnnserve-bench-") as tmp:
         work = Path(tmp)
@@ -126,7 +134,7 @@ def main() -> None:
             model = load_model(Path(a.model_repository), a.model)
         else:
             model = ensure_model(work / "repository", a.model_source)
-        r = measure(model, work, a.sessions, a.frame, a.gpu)
+        r = measure(model, work, a.sessions, a.frame, a.gpu, event_loop=a.loop)
     print(
         f"{r.sessions} sessions: RSS {r.rss_before / 2**20:.1f} -> {r.rss_after / 2**20:.1f} MiB, "
         f"{r.bytes_per_session:.0f} B/session vs {r.raw_state_bytes} B raw state "

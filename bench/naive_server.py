@@ -4,14 +4,14 @@ with rnnserve's Inference.Stream and Inference.Step (frames are not offered).
 
 Deliberately not crippled: ORT runs inline on the event loop (no thread hop) with one intra-op
 thread by default, which is the fastest setting for batch-1 runs on a small shared machine.
-Run `python -m bench.naive_server --model-repository DIR --model gru_bench --port 0`; it prints
+Run `python -m bench.naive_server --model-repository DIR --model gru_bench --port 0` (add
+`--loop asyncio|uvloop` to pick the event loop; auto = uvloop when installed); it prints
 `BENCH_PORT=<port>` when it is serving.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,7 +21,12 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from bench.model import BenchModel, load_model
-from bench.serverutil import MAX_MESSAGE_BYTES, serve_until_signal
+from bench.serverutil import (
+    MAX_MESSAGE_BYTES,
+    add_loop_argument,
+    run_server,
+    serve_until_signal,
+)
 from rnnserve_proto import rnnserve_pb2, rnnserve_pb2_grpc
 
 F32 = npt.NDArray[np.float32]
@@ -145,7 +150,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--gpu", action="store_true", help="CUDA execution provider")
     parser.add_argument("--intra-op-threads", type=int, default=1)
-    asyncio.run(_main(parser.parse_args()))
+    add_loop_argument(parser)
+    args = parser.parse_args()
+    run_server(lambda: _main(args), args.loop)
 
 
 if __name__ == "__main__":

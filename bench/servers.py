@@ -141,8 +141,13 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def rnnserve_command(repository: Path, gpu: bool, *extra: str) -> list[str]:
+def rnnserve_command(
+    repository: Path, gpu: bool, *extra: str, event_loop: str | None = None
+) -> list[str]:
+    """`rnnserve serve` on port 0; `event_loop` (asyncio/uvloop) becomes --event-loop, None
+    leaves the server's default. `extra` comes last, so it can override anything."""
     exe = Path(sys.executable).with_name("rnnserve")
+    loop_flag = ["--event-loop", event_loop] if event_loop else []
     return [
         str(exe),
         "serve",
@@ -156,5 +161,6 @@ def rnnserve_command(repository: Path, gpu: bool, *extra: str) -> list[str]:
         "0",
         "--providers",
         "cuda,cpu" if gpu else "cpu",
+        *loop_flag,
         *extra,
     ]

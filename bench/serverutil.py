@@ -1,15 +1,61 @@
-"""Shared bits of the bench servers: bind, announce the port on stdout, stop on SIGTERM/SIGINT."""
+"""Shared bits of the bench servers: bind, announce the port on stdout, stop on SIGTERM/SIGINT,
+and run on the chosen asyncio event loop (the same choice as `rnnserve serve --event-loop`)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import importlib.util
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal
 
 import grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 PORT_PREFIX = "BENCH_PORT="
+LOOP_CHOICES = ("asyncio", "uvloop")
+LoopName = Literal["asyncio", "uvloop"]
+
+
+def have_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def resolve_loop(name: str) -> LoopName:
+    """The loop `name` asks for; 'uvloop' without the package installed is an error."""
+    if name == "uvloop":
+        if not have_uvloop():
+            raise RuntimeError("event loop 'uvloop' asked for, but uvloop is not installed")
+        return "uvloop"
+    if name == "asyncio":
+        return "asyncio"
+    raise ValueError(f"unknown event loop {name!r}; choose from {LOOP_CHOICES}")
+
+
+def add_loop_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loop",
+        choices=LOOP_CHOICES,
+        default="asyncio",
+        help="event loop: asyncio (rnnserve's default) or uvloop, which must be installed",
+    )
+
+
+def run_server(coro_factory: Callable[[], Coroutine[Any, Any, None]], loop: str) -> None:
+    """Run `coro_factory()` to completion on the event loop `loop` names (see resolve_loop)."""
+    try:
+        chosen = resolve_loop(loop)
+    except (RuntimeError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
+    print(f"event loop: {chosen}", file=sys.stderr, flush=True)
+    if chosen == "uvloop":
+        import uvloop  # optional: only imported when chosen
+
+        uvloop.run(coro_factory())
+    else:
+        asyncio.run(coro_factory())
 
 
 async def serve_until_signal(server: grpc.aio.Server, host: str, port: int) -> None:

@@ -2,6 +2,7 @@
 
     python -m bench.serving [--sessions 1,64,256,1024] [--duration 5] [--warmup 2]
                             [--systems echo,naive,rnnserve,frames,compute,memory]
+                            [--repeat 3] [--loop asyncio|uvloop]
                             [--clients 1] [--sessions-per-stream 1] [--gpu] [--output FILE]
 
 Systems, all on the same model (2-layer GRU, hidden 128, 16 features in and out):
@@ -12,6 +13,12 @@ Systems, all on the same model (2-layer GRU, hidden 128, 16 features in and out)
   compute   in-process ORT, batches of --frame-size (compute floor)
   memory    RSS growth per idle session with --memory-sessions sessions open
 Each server runs in its own process; the load generator in one or more other processes.
+
+Throughput on a small shared machine swings between back-to-back runs, so the run is made of
+--repeat rounds: each round runs echo, naive, rnnserve (and frames) and the compute floor once,
+each server in a fresh process, so that the systems a floor compares are measured close together.
+The table gives the median over rounds; each floor is a ratio taken within each round, and the
+median of those ratios decides PASS/FAIL. Memory is measured once, after the rounds.
 """
 
 from __future__ import annotations
@@ -22,10 +29,11 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench import compute_floor, memory
@@ -38,6 +46,7 @@ from bench.servers import (
     rnnserve_command,
     wait_model_ready,
 )
+from bench.serverutil import LOOP_CHOICES, resolve_loop
 
 ALL_SYSTEMS = ("echo", "naive", "rnnserve", "frames", "compute", "memory")
 FLOOR_N = 256
@@ -60,11 +69,21 @@ class Row:
 
 
 @dataclass
+class Summary(Row):
+    """A table row: one (system, load, sessions) point, the median of its rounds."""
+
+    steps_per_s_min: float = math.nan  # over the rounds the medians use
+    steps_per_s_max: float = math.nan
+    rounds: int = 0  # rounds the medians use (those without errors, if any)
+
+
+@dataclass
 class Floor:
     name: str
-    measured: float
+    measured: float  # median of the per-round ratios
     required: str
     passed: bool | None  # None: not measured
+    per_round: list[float] = field(default_factory=list)  # NaN: not measured in that round
 
 
 def _fmt(v: float | int | None, spec: str = ",.0f") -> str:
@@ -115,56 +134,152 @@ def _find(rows: list[Row], system: str, sessions: int | None = None) -> Row | No
     return None
 
 
-def floors(rows: list[Row]) -> list[Floor]:
-    """The ratios issue 3 sets, from this run's rows."""
-    rn, echo, naive = (_find(rows, s, FLOOR_N) for s in ("rnnserve", "echo", "naive"))
-    frames, compute = _find(rows, "frames"), _find(rows, "compute floor")
-    out: list[Floor] = []
+def _median(values: list[float]) -> float:
+    """Median of the values that are not NaN; NaN when there are none."""
+    vals = [v for v in values if not math.isnan(v)]
+    return float(statistics.median(vals)) if vals else math.nan
 
-    def add(name: str, num: Row | None, den: Row | None, attr: str, need: float, le: bool) -> None:
-        if num is None or den is None:
-            out.append(Floor(name, math.nan, f"{'≤' if le else '≥'} {need}×", None))
-            return
-        ratio = getattr(num, attr) / getattr(den, attr)
-        out.append(
-            Floor(
-                name, ratio, f"{'≤' if le else '≥'} {need}×", ratio <= need if le else ratio >= need
-            )
-        )
 
-    add(f"rnnserve / echo steps/s, {FLOOR_N} sessions", rn, echo, "steps_per_s", 0.8, False)
-    add(f"rnnserve / echo p99, {FLOOR_N} sessions", rn, echo, "p99_ms", 1.25, True)
-    add(f"rnnserve / naive steps/s, {FLOOR_N} sessions", rn, naive, "steps_per_s", 1.2, False)
-    add("frames / compute floor steps/s", frames, compute, "steps_per_s", 0.5, False)
-    add(
+def _ratio(
+    rows: list[Row], num: tuple[str, int | None], den: tuple[str, int | None], attr: str
+) -> float:
+    a, b = _find(rows, *num), _find(rows, *den)
+    return math.nan if a is None or b is None else float(getattr(a, attr) / getattr(b, attr))
+
+
+# name, numerator (system, sessions), denominator, attribute, required ratio, True if "at most"
+_FLOORS: list[tuple[str, tuple[str, int | None], tuple[str, int | None], str, float, bool]] = [
+    (
+        f"rnnserve / echo steps/s, {FLOOR_N} sessions",
+        ("rnnserve", FLOOR_N),
+        ("echo", FLOOR_N),
+        "steps_per_s",
+        0.8,
+        False,
+    ),
+    (
+        f"rnnserve / echo p99, {FLOOR_N} sessions",
+        ("rnnserve", FLOOR_N),
+        ("echo", FLOOR_N),
+        "p99_ms",
+        1.25,
+        True,
+    ),
+    (
+        f"rnnserve / naive steps/s, {FLOOR_N} sessions",
+        ("rnnserve", FLOOR_N),
+        ("naive", FLOOR_N),
+        "steps_per_s",
+        1.2,
+        False,
+    ),
+    (
+        "frames / compute floor steps/s",
+        ("frames", None),
+        ("compute floor", None),
+        "steps_per_s",
+        0.5,
+        False,
+    ),
+    (
         f"frames / naive steps/s ({FLOOR_N} sessions ping-pong)",
-        frames,
-        naive,
+        ("frames", None),
+        ("naive", FLOOR_N),
         "steps_per_s",
         10,
         False,
-    )
+    ),
+]
+
+
+def floors(rounds: list[list[Row]]) -> list[Floor]:
+    """The ratios issue 3 sets. Each is taken within a round (numerator and denominator measured
+    minutes apart at most); the median over rounds is what counts."""
+    out: list[Floor] = []
+    for name, num, den, attr, need, le in _FLOORS:
+        per_round = [_ratio(rows, num, den, attr) for rows in rounds]
+        med = _median(per_round)
+        passed = None if math.isnan(med) else (med <= need if le else med >= need)
+        out.append(Floor(name, med, f"{'≤' if le else '≥'} {need}×", passed, per_round))
     return out
 
 
-def render(rows: list[Row], fl: list[Floor], mem: memory.MemoryResult | None, header: str) -> str:
+def summarize(rounds: list[list[Row]]) -> list[Summary]:
+    """One row per (system, load, sessions): medians over the rounds that had no errors (over
+    every round that measured something, when none was clean); errors add up over rounds."""
+    groups: dict[tuple[str, str, int], list[tuple[int, Row]]] = {}
+    for k, rows in enumerate(rounds, 1):
+        for r in rows:
+            groups.setdefault((r.system, r.load, r.sessions), []).append((k, r))
+    out: list[Summary] = []
+    for (system, load, sessions), members in groups.items():
+        rows = [r for _, r in members]
+        used = [r for r in rows if not math.isnan(r.steps_per_s) and r.errors == 0] or [
+            r for r in rows if not math.isnan(r.steps_per_s)
+        ]
+        steps = [r.steps_per_s for r in used]
+        notes = [(k, r.note) for k, r in members if r.note]
+        if len({n for _, n in notes}) == 1 and len(notes) == len(members):
+            note = notes[0][1]  # the same in every round (or only one round)
+        else:
+            note = "; ".join(f"round {k}: {n}" for k, n in notes)
+        if len(rounds) > 1 and len(used) < len(rounds):
+            note = "; ".join(x for x in (f"median of {len(used)}/{len(rounds)} rounds", note) if x)
+        out.append(
+            Summary(
+                system=system,
+                load=load,
+                sessions=sessions,
+                streams=next((r.streams for r in rows if r.streams is not None), None),
+                clients=next((r.clients for r in rows if r.clients is not None), None),
+                steps_per_s=_median(steps),
+                p50_ms=_median([r.p50_ms for r in used]),
+                p99_ms=_median([r.p99_ms for r in used]),
+                server_cpu_pct=_median([r.server_cpu_pct for r in used]),
+                client_cpu_pct=_median([r.client_cpu_pct for r in used]),
+                errors=sum(r.errors for r in rows),
+                note=note,
+                steps_per_s_min=min(steps) if steps else math.nan,
+                steps_per_s_max=max(steps) if steps else math.nan,
+                rounds=len(used),
+            )
+        )
+    return out
+
+
+def _range(r: Summary) -> str:
+    if r.rounds < 2:
+        return "–"
+    return f"{_fmt(r.steps_per_s_min)}–{_fmt(r.steps_per_s_max)}"
+
+
+def render(
+    rows: list[Summary], fl: list[Floor], mem: memory.MemoryResult | None, header: str
+) -> str:
     lines = [header, ""]
     lines.append(
-        "| system | load | sessions | streams | client procs | steps/s | p50 ms | p99 ms "
-        "| server CPU % | client CPU % | errors | notes |"
+        "| system | load | sessions | streams | client procs | steps/s | steps/s range | p50 ms "
+        "| p99 ms | server CPU % | client CPU % | errors | notes |"
     )
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         lines.append(
             f"| {r.system} | {r.load} | {r.sessions} | {_fmt(r.streams, 'd')} | "
-            f"{_fmt(r.clients, 'd')} | {_fmt(r.steps_per_s)} | {_fmt(r.p50_ms, '.2f')} | "
-            f"{_fmt(r.p99_ms, '.2f')} | {_fmt(r.server_cpu_pct)} | {_fmt(r.client_cpu_pct)} | "
-            f"{r.errors} | {_cell(r.note)} |"
+            f"{_fmt(r.clients, 'd')} | {_fmt(r.steps_per_s)} | {_range(r)} | "
+            f"{_fmt(r.p50_ms, '.2f')} | {_fmt(r.p99_ms, '.2f')} | {_fmt(r.server_cpu_pct)} | "
+            f"{_fmt(r.client_cpu_pct)} | {r.errors} | {_cell(r.note)} |"
         )
-    lines += ["", "| floor (issue 3) | measured | required | result |", "|---|---:|---|---|"]
+    lines += [
+        "",
+        "| floor (issue 3) | measured (median) | required | result | per round |",
+        "|---|---:|---|---|---|",
+    ]
     for f in fl:
         verdict = "n/a" if f.passed is None else ("PASS" if f.passed else "FAIL")
-        lines.append(f"| {f.name} | {_fmt(f.measured, '.2f')}× | {f.required} | {verdict} |")
+        per_round = ", ".join(_fmt(x, ".2f") for x in f.per_round) or "–"
+        lines.append(
+            f"| {f.name} | {_fmt(f.measured, '.2f')}× | {f.required} | {verdict} | {per_round} |"
+        )
     if mem is not None:
         lines += [
             "",
@@ -188,9 +303,31 @@ def _failed(system: str, load: str, sessions: int, exc: BaseException) -> Row:
     return Row(system, load, sessions, errors=1, note=f"{type(exc).__name__}: {msg}")
 
 
-def run_pingpong_system(
-    system: str, server: ServerProcess, model: BenchModel, args: argparse.Namespace, run_id: str
+def _failed_server(
+    system: str, sessions: list[int], args: argparse.Namespace, exc: BaseException
 ) -> list[Row]:
+    """Every row a server would have given, failed (it did not start)."""
+    rows = [_failed(system, "ping-pong", n, exc) for n in sessions]
+    if system == "rnnserve" and "frames" in args.systems:
+        n = args.frame_size * args.frame_streams
+        rows.append(_failed("frames", f"frames of {args.frame_size}", n, exc))
+    return rows
+
+
+def run_pingpong_system(
+    system: str,
+    server: ServerProcess,
+    model: BenchModel,
+    args: argparse.Namespace,
+    run_id: str,
+    sessions: list[int] | None = None,
+) -> list[Row]:
+    """Ping-pong at each of `sessions` (default args.sessions) and, for rnnserve when asked,
+    the frames point; stops the server."""
+    sessions = args.sessions if sessions is None else sessions
+    frames = system == "rnnserve" and "frames" in args.systems
+    frames_load = f"frames of {args.frame_size}"
+    frames_n = args.frame_size * args.frame_streams
     rows: list[Row] = []
     try:
         server.wait_port()
@@ -198,9 +335,9 @@ def run_pingpong_system(
             wait_model_ready(server.target, model.name)
     except Exception as exc:
         server.stop()
-        return [_failed(system, "ping-pong", n, exc) for n in args.sessions]
+        return _failed_server(system, sessions, args, exc)
     try:
-        for n in args.sessions:
+        for n in sessions:
             spec = LoadSpec(
                 target=server.target,
                 model=model.name,
@@ -222,7 +359,7 @@ def run_pingpong_system(
                 )
             except Exception as exc:
                 rows.append(_failed(system, "ping-pong", n, exc))
-        if system == "rnnserve" and "frames" in args.systems:
+        if frames:
             spec = LoadSpec(
                 target=server.target,
                 model=model.name,
@@ -237,12 +374,110 @@ def run_pingpong_system(
             )
             try:
                 r = run_load(spec, min(args.clients, args.frame_streams), server.pid)
-                rows.append(_row_from("frames", f"frames of {args.frame_size}", r))
+                rows.append(_row_from("frames", frames_load, r))
                 _log(f"frames: {r.steps_per_s:,.0f} steps/s errors {r.errors} {r.first_error}")
             except Exception as exc:
-                rows.append(_failed("frames", f"frames of {args.frame_size}", args.frame_size, exc))
+                rows.append(_failed("frames", frames_load, frames_n, exc))
     finally:
         server.stop()
+    return rows
+
+
+def _server_system(
+    system: str,
+    cmd: list[str],
+    log_path: Path,
+    env: dict[str, str] | None,
+    model: BenchModel,
+    args: argparse.Namespace,
+    run_id: str,
+    sessions: list[int],
+) -> list[Row]:
+    """Start a fresh server process and measure it; a server that cannot start fails its rows."""
+    try:
+        server = ServerProcess(system, cmd, log_path, env)
+    except Exception as exc:
+        return _failed_server(system, sessions, args, exc)
+    return run_pingpong_system(system, server, model, args, run_id, sessions)
+
+
+def _compute_row(model: BenchModel, args: argparse.Namespace) -> Row:
+    load = f"ORT in-process, batch {args.frame_size}"
+    try:
+        best: compute_floor.ComputeResult | None = None
+        for t in (int(x) for x in args.compute_threads.split(",") if x):
+            c = compute_floor.measure(model, args.frame_size, args.duration, 1.0, args.gpu, t)
+            _log(f"compute floor, {t} threads: {c.steps_per_s:,.0f} steps/s {c.providers}")
+            if best is None or c.steps_per_s > best.steps_per_s:
+                best = c
+        if best is None:
+            raise ValueError(f"no thread counts in --compute-threads {args.compute_threads!r}")
+    except Exception as exc:
+        return _failed("compute floor", load, args.frame_size, exc)
+    return Row(
+        "compute floor",
+        f"ORT in-process, batch {best.batch}",
+        best.batch,
+        steps_per_s=best.steps_per_s,
+        p50_ms=best.run_ms_p50,
+        note=f"{best.providers[0]}, intra-op threads {best.threads}",
+    )
+
+
+def run_round(
+    k: int, model: BenchModel, args: argparse.Namespace, run_id: str, work: Path
+) -> list[Row]:
+    """One round: echo, naive, rnnserve (+ frames), each in a fresh server process, then the
+    compute floor: everything a floor compares, measured back to back."""
+    rows: list[Row] = []
+    tag = f"{run_id}-r{k}"
+    gpu_flag = ["--gpu"] if args.gpu else []
+    loop_flag = ["--loop", args.loop_name]
+    if "echo" in args.systems:
+        _log(f"round {k}: echo server")
+        cmd = python_module("bench.echo_server", "--port", "0", *loop_flag)
+        rows += _server_system(
+            "echo", cmd, work / f"echo-r{k}.log", None, model, args, tag, args.sessions
+        )
+    if "naive" in args.systems:
+        _log(f"round {k}: naive server")
+        cmd = python_module(
+            "bench.naive_server",
+            "--model-repository",
+            str(model.repository),
+            "--model",
+            model.name,
+            "--port",
+            "0",
+            "--intra-op-threads",
+            str(args.naive_threads),
+            *loop_flag,
+            *gpu_flag,
+        )
+        rows += _server_system(
+            "naive", cmd, work / f"naive-r{k}.log", None, model, args, tag, args.sessions
+        )
+    if "rnnserve" in args.systems or "frames" in args.systems:
+        _log(f"round {k}: rnnserve")
+        cmd = rnnserve_command(
+            model.repository, args.gpu, *args.rnnserve_arg, event_loop=args.loop_name
+        )
+        sessions = args.sessions if "rnnserve" in args.systems else []
+        rows += _server_system(
+            "rnnserve",
+            cmd,
+            work / f"rnnserve-r{k}.log",
+            args.rnnserve_env,
+            model,
+            args,
+            tag,
+            sessions,
+        )
+    if "compute" in args.systems:
+        rows.append(_compute_row(model, args))
+    for f in floors([rows]):
+        if not math.isnan(f.measured):
+            _log(f"round {k}: {f.name}: {f.measured:.2f}×")
     return rows
 
 
@@ -297,8 +532,27 @@ def main(argv: list[str] | None = None) -> int:
         help="environment for `rnnserve serve` (repeatable), "
         "e.g. RNNSERVE_RUNTIME__INTRA_OP_THREADS=1",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds; each runs echo, naive, rnnserve/frames and compute once, back to back; "
+        "the table shows medians, floors the median of per-round ratios",
+    )
+    p.add_argument(
+        "--loop",
+        choices=LOOP_CHOICES,
+        default="asyncio",
+        help="event loop of every server (echo/naive --loop, rnnserve --event-loop)",
+    )
     p.add_argument("--output", default=None, help="write the Markdown here (and FILE.json)")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    try:
+        args.loop_name = resolve_loop(args.loop)
+    except (RuntimeError, ValueError) as exc:
+        p.error(str(exc))
     args.sessions = [int(s) for s in args.sessions.split(",") if s]
     args.rnnserve_env = dict(kv.split("=", 1) for kv in args.rnnserve_env)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -310,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = loadavg()
     run_id = f"b{int(time.time()) % 100000}"
     work = Path(tempfile.mkdtemp(prefix="rnnserve-bench-"))
-    rows: list[Row] = []
+    rounds: list[list[Row]] = []
     mem: memory.MemoryResult | None = None
     try:
         if args.model_repository:
@@ -319,64 +573,11 @@ def main(argv: list[str] | None = None) -> int:
             _log("writing the benchmark model")
             model = ensure_model(work / "repository", args.model_source, args.model)
         _log(describe(model))
-        gpu_flag = ["--gpu"] if args.gpu else []
-        if "echo" in args.systems:
-            _log("echo server")
-            srv = ServerProcess(
-                "echo", python_module("bench.echo_server", "--port", "0"), work / "echo.log"
-            )
-            rows += run_pingpong_system("echo", srv, model, args, run_id)
-        if "naive" in args.systems:
-            _log("naive server")
-            srv = ServerProcess(
-                "naive",
-                python_module(
-                    "bench.naive_server",
-                    "--model-repository",
-                    str(model.repository),
-                    "--model",
-                    model.name,
-                    "--port",
-                    "0",
-                    "--intra-op-threads",
-                    str(args.naive_threads),
-                    *gpu_flag,
-                ),
-                work / "naive.log",
-            )
-            rows += run_pingpong_system("naive", srv, model, args, run_id)
-        if "rnnserve" in args.systems or "frames" in args.systems:
-            _log("rnnserve")
-            srv = ServerProcess(
-                "rnnserve",
-                rnnserve_command(model.repository, args.gpu, *args.rnnserve_arg),
-                work / "rnnserve.log",
-                args.rnnserve_env,
-            )
-            if "rnnserve" not in args.systems:
-                args.sessions, saved = [], args.sessions
-                rows += run_pingpong_system("rnnserve", srv, model, args, run_id)
-                args.sessions = saved
-            else:
-                rows += run_pingpong_system("rnnserve", srv, model, args, run_id)
-        if "compute" in args.systems:
-            best: compute_floor.ComputeResult | None = None
-            for t in (int(x) for x in args.compute_threads.split(",") if x):
-                c = compute_floor.measure(model, args.frame_size, args.duration, 1.0, args.gpu, t)
-                _log(f"compute floor, {t} threads: {c.steps_per_s:,.0f} steps/s {c.providers}")
-                if best is None or c.steps_per_s > best.steps_per_s:
-                    best = c
-            if best is not None:
-                rows.append(
-                    Row(
-                        "compute floor",
-                        f"ORT in-process, batch {best.batch}",
-                        best.batch,
-                        steps_per_s=best.steps_per_s,
-                        p50_ms=best.run_ms_p50,
-                        note=f"{best.providers[0]}, intra-op threads {best.threads}",
-                    )
-                )
+        _log(f"event loop: {args.loop_name}")
+        if set(args.systems) - {"memory"}:
+            for k in range(1, args.repeat + 1):
+                _log(f"round {k}/{args.repeat}")
+                rounds.append(run_round(k, model, args, run_id, work))
         if "memory" in args.systems:
             _log(f"memory: {args.memory_sessions:,} idle sessions")
             try:
@@ -388,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.gpu,
                     tuple(args.rnnserve_arg),
                     args.rnnserve_env,
+                    event_loop=args.loop_name,
                 )
                 _log(f"memory: {mem.bytes_per_session:,.0f} B/session")
             except Exception as exc:
@@ -398,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
-    fl = floors(rows)
+    rows = summarize(rounds)
+    fl = floors(rounds)
     device = "GPU (cuda)" if args.gpu else "CPU"
     k = args.sessions_per_stream
     layout = "one stream per session" if k <= 1 else f"{k} sessions per stream"
@@ -411,7 +614,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.duration:g} s measured after {args.warmup:g} s warm-up per point; ping-pong with "
         f"{layout}, "
         f"{args.clients} load-generator process(es); frames: {args.frame_streams} stream(s) of "
-        f"{args.frame_size} sessions; run took {time.monotonic() - t_start:.0f} s"
+        f"{args.frame_size} sessions; event loop: {args.loop_name} (every server); "
+        f"run took {time.monotonic() - t_start:.0f} s  \n"
+        f"{len(rounds)} round(s), each running every system once back to back in fresh server "
+        "processes: the table shows medians over rounds (steps/s range: min–max), and each floor "
+        "is the ratio within each round (both sides from the same round), listed per round, "
+        "whose median decides PASS/FAIL"
     )
     text = render(rows, fl, mem, header)
     print(text)
@@ -424,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "rows": [asdict(r) for r in rows],
                     "floors": [asdict(f) for f in fl],
+                    "round_rows": [[asdict(r) for r in rr] for rr in rounds],
+                    "event_loop": args.loop_name,
                     "memory": asdict(mem) if mem else None,
                     "header": header,
                 },

@@ -7,7 +7,6 @@ TOML or JSON, same field names as the settings, nested tables for nested groups)
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -116,6 +115,9 @@ def serve(
     shutdown_grace_s: Annotated[
         float | None, typer.Option(help="Time to drain in-flight work on SIGTERM.")
     ] = None,
+    event_loop: Annotated[
+        str | None, typer.Option(help="'asyncio' (default) or 'uvloop' (if installed).")
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
     log_format: Annotated[str | None, typer.Option(help="'json' or 'text'.")] = None,
 ) -> None:
@@ -129,6 +131,7 @@ def serve(
             port=port,
             metrics_port=metrics_port,
             shutdown_grace_s=shutdown_grace_s,
+            event_loop=event_loop,
             log_level=log_level,
             log_format=log_format,
             runtime=_nested(providers=providers.split(",") if providers else None),
@@ -150,9 +153,15 @@ def serve(
 def run(settings: ServerSettings) -> None:
     # Imported here so `rnnserve --help` stays fast and settings errors need no runtime.
     from rnnserve_server.app import Ports, StartupError, serve
+    from rnnserve_server.event_loop import check_available, run_on_event_loop
     from rnnserve_server.logging_setup import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    try:
+        check_available(settings.event_loop)
+    except RuntimeError as exc:
+        typer.echo(f"rnnserve: invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
     def ready(ports: Ports) -> None:
         # One stable line on stdout, for people and for scripts that start us on port 0.
@@ -163,7 +172,7 @@ def run(settings: ServerSettings) -> None:
         )
 
     try:
-        asyncio.run(serve(settings, ready))
+        run_on_event_loop(serve(settings, ready), settings.event_loop)
     except StartupError as exc:
         logging.getLogger("rnnserve").error("cannot start: %s", exc)
         typer.echo(f"rnnserve: cannot start: {exc}", err=True)

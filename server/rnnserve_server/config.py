@@ -102,6 +102,11 @@ class ServerSettings(BaseSettings):
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="On SIGTERM: time to finish in-flight work before exiting."
     )
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio",
+        description="Event loop: the standard asyncio loop, or uvloop (install it yourself). "
+        "uvloop measured no faster for rnnserve's streams (docs/benchmarks.md).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = Field(
         "json", description="Structured logs as JSON lines."

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
-from grpc_helpers import RNNSERVE
+from grpc_helpers import RNNSERVE, ServerProcess
 from pydantic import ValidationError
 
+from rnnserve_proto import rnnserve_pb2, rnnserve_pb2_grpc
 from rnnserve_server.cli import load_settings
 from rnnserve_server.config import ServerSettings
 
@@ -84,3 +86,35 @@ def test_cli_reports_bad_settings_with_exit_code_2(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "port" in done.stderr
+
+
+def test_event_loop_setting() -> None:
+    assert ServerSettings().event_loop == "asyncio"
+    with pytest.raises(ValidationError):
+        load_settings(event_loop="trio")
+
+
+def test_uvloop_is_used_when_installed_else_refused_clearly(
+    repository: Path, tmp_path: Path
+) -> None:
+    """uvloop is optional: with it, the server serves on it; without it, exit 2 and say why."""
+    if importlib.util.find_spec("uvloop") is None:
+        done = subprocess.run(
+            [str(RNNSERVE), "serve", "--event-loop", "uvloop", "--port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2
+        assert "uvloop" in done.stderr
+        assert "not installed" in done.stderr
+        return
+    proc = ServerProcess(repository, tmp_path, args=["--event-loop", "uvloop"]).start()
+    try:
+        with proc.channel() as ch:
+            stub = rnnserve_pb2_grpc.ModelsStub(ch)  # type: ignore[no-untyped-call]
+            models = stub.ListModels(rnnserve_pb2.ListModelsRequest(), timeout=10)
+        assert models.models
+        assert "event loop: uvloop" in proc.log_file.read_text()
+    finally:
+        proc.stop()
