@@ -498,7 +498,13 @@ def main(argv: list[str] | None = None) -> int:
         help="1 = a stream per session (default); K = K sessions multiplexed per stream",
     )
     p.add_argument("--frame-size", type=int, default=256, help="sessions per frame / compute batch")
-    p.add_argument("--frame-streams", type=int, default=2, help="concurrent frame streams")
+    p.add_argument(
+        "--frame-streams",
+        type=int,
+        default=4,
+        help="concurrent frame streams (4: two frames computing while two travel, so neither ORT "
+        "worker waits for the network)",
+    )
     p.add_argument("--memory-sessions", type=int, default=100_000)
     p.add_argument(
         "--compute-threads",

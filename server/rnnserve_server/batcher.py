@@ -174,7 +174,11 @@ class Batcher:
         # Batches in flight at once: while one runs in ORT (GIL released), the event loop prepares
         # the next and answers the last. Safe because a session with a chunk in flight is busy in
         # its lane: it is never in two batches, never evicted, and slots are reserved up front.
-        self._run_slots = asyncio.Semaphore(max(1, max_in_flight))
+        # A full batch may also start while every worker is busy (up to twice as many in flight):
+        # it waits in the executor's queue and starts the moment a worker frees, instead of a
+        # loop round trip later. Partial batches still wait, so that they keep filling.
+        self._workers = max(1, max_in_flight)
+        self._running = 0
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -287,8 +291,8 @@ class Batcher:
     # -- the loop --------------------------------------------------------------------------------
     async def _loop(self) -> None:
         while True:
-            if not self._ready:
-                self._wake.clear()
+            if not self._ready or not self._may_start():
+                self._wake.clear()  # set by new work and by a finished batch
                 await self._wake.wait()
                 continue
             # Let the callers woken by the previous run (and any other ready callbacks) submit
@@ -297,15 +301,21 @@ class Batcher:
             await asyncio.sleep(0)
             if self._delay > 0:
                 await self._fill()
-            await self._run_slots.acquire()
             batch = self._take()  # taken only now, so it holds what arrived while waiting
             if not batch:
-                self._run_slots.release()
                 continue
             assert self._loop_ref is not None
+            self._running += 1
             task = self._loop_ref.create_task(self._execute_guarded(batch))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
+
+    def _may_start(self) -> bool:
+        """A batch may start now: a worker is free, or the batch is full (see __init__)."""
+        running = self._running
+        if running < self._workers:
+            return True
+        return running < 2 * self._workers and self._ready_rows >= self._max
 
     async def _execute_guarded(self, batch: list[Chunk]) -> None:
         try:
@@ -317,7 +327,8 @@ class Batcher:
             log.exception("batch failed", extra={"model": self.model})
             self._fail_batch(batch, Internal(f"internal error: {exc}"))
         finally:
-            self._run_slots.release()
+            self._running -= 1
+            self._wake.set()
 
     async def _fill(self) -> None:
         """Wait until the batch is full or the oldest ready chunk has waited the delay."""

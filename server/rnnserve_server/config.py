@@ -30,6 +30,11 @@ class RuntimeSettings(BaseModel):
         "parallel; on a 2-core machine ORT's default made a batch-256 GRU run 7x slower.",
     )
     inter_op_threads: int = Field(0, description="ONNX Runtime inter-op threads (0 = ORT default).")
+    allow_spinning: bool = Field(
+        False,
+        description="Let ONNX Runtime's idle intra-op threads spin waiting for work. Off by "
+        "default: spinning threads take the cores the event loop and gRPC need between runs.",
+    )
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="ONNX Runtime graph optimisation level."
     )

@@ -82,6 +82,9 @@ def _session_options(settings: RuntimeSettings) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = settings.intra_op_threads
     so.inter_op_num_threads = settings.inter_op_threads
+    spin = "1" if settings.allow_spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spin)
     so.graph_optimization_level = _OPT_LEVELS[settings.graph_optimization]
     return so
 

@@ -365,17 +365,20 @@ class InferenceService:
             seen: set[str] = set()
             dup = next(s for s in ids if s in seen or seen.add(s))  # type: ignore[func-returns-value]
             raise InvalidArgument(f"{where}: session id {dup!r} appears more than once")
-        # Per-session problems found before the batcher: those sessions are left out.
-        pre: dict[int, RnnServeError] = {
-            i: InvalidArgument(p) for i, p in validation.bad_session_ids(ids).items()
-        }
+        slot_of = m.store.slot_of
+        live = all(map(slot_of.__contains__, ids))  # C-level; the steady state of a gateway
+        # Per-session problems found before the batcher: those sessions are left out. Ids of
+        # live sessions were checked when they were created.
+        pre: dict[int, RnnServeError] = (
+            {}
+            if live
+            else {i: InvalidArgument(p) for i, p in validation.bad_session_ids(ids).items()}
+        )
         if (expected < -1).any():
             for i in np.flatnonzero(expected < -1).tolist():
                 pre[i] = InvalidArgument(f"session {ids[i]!r}: expected_step must be >= -1")
         # Sessions living on another model or version (or being created there).
-        slot_of = m.store.slot_of
         lanes = self._lanes
-        live = all(map(slot_of.__contains__, ids))  # C-level; the steady state of a gateway
         for i in [] if live else [i for i, s in enumerate(ids) if s not in slot_of]:
             sid = ids[i]
             if i in pre:

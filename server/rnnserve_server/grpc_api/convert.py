@@ -169,18 +169,26 @@ def frame_input(request: pb.FrameRequest) -> FrameInput:
     )
 
 
-def frame_response(out: FrameOutput, request_id: str) -> pb.FrameResponse:
-    response = pb.FrameResponse(
-        request_id=request_id,
-        session_ids=out.session_ids,
-        step=out.steps.tolist(),
-        code=[int(ErrorCode.OK) if e is None else int(e.code) for e in out.errors],
-        message=["" if e is None else e.message for e in out.errors],
-        model=out.model,
-        model_version=out.version,
-    )
-    array_to_tensor(out.y, response.output)
-    return response
+def frame_response(
+    out: FrameOutput, request_id: str, response: pb.FrameResponse | None = None
+) -> pb.FrameResponse:
+    """Fill `response` (a fresh message, e.g. a StreamResponse's `frame`) or a new one."""
+    r = pb.FrameResponse() if response is None else response
+    r.request_id = request_id
+    r.session_ids.extend(out.session_ids)
+    r.step.extend(out.steps.tolist())
+    errors = out.errors
+    n = len(errors)
+    if errors.count(None) == n:  # every session ran: no per-row Python
+        r.code.extend([int(ErrorCode.OK)] * n)
+        r.message.extend([""] * n)
+    else:
+        r.code.extend([int(ErrorCode.OK) if e is None else int(e.code) for e in errors])
+        r.message.extend(["" if e is None else e.message for e in errors])
+    r.model = out.model
+    r.model_version = out.version
+    array_to_tensor(out.y, r.output)
+    return r
 
 
 def frame_error_response(request: pb.FrameRequest, status: pb.Status) -> pb.FrameResponse:

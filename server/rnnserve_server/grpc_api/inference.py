@@ -161,14 +161,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             return pb.StreamResponse(
                 frame=convert.frame_error_response(request, status_proto(error))
             )
-        response = pb.StreamResponse(frame=convert.frame_response(out, request.request_id))
+        response = pb.StreamResponse()
+        convert.frame_response(out, request.request_id, response.frame)
         self._rec.request(out.model, "frame", _OK, perf_counter() - started)
         steps_per_session = out.y.shape[1] if out.y.ndim == 3 else 0
-        ok = sum(1 for e in out.errors if e is None)
+        ok = out.errors.count(None)
         self._rec.steps(out.model, _OK, ok * steps_per_session)
-        for failed in out.errors:
-            if failed is not None:
-                self._rec.steps(out.model, code_name(failed.code), steps_per_session)
+        if ok < len(out.errors):
+            for failed in out.errors:
+                if failed is not None:
+                    self._rec.steps(out.model, code_name(failed.code), steps_per_session)
         return response
 
     def _step_of(self, session_id: str) -> int:
