@@ -125,7 +125,7 @@ def main() -> None:
         "--loop",
         choices=LOOP_CHOICES,
         default=None,
-        help="rnnserve's --event-loop (asyncio/uvloop); default: the server's own default",
+        help="rnnserve's --event-loop (auto/asyncio/uvloop); default: the server's own default",
     )
     a = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rnnserve-bench-") as tmp:

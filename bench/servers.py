@@ -144,7 +144,7 @@ def python_module(module: str, *args: str) -> list[str]:
 def rnnserve_command(
     repository: Path, gpu: bool, *extra: str, event_loop: str | None = None
 ) -> list[str]:
-    """`rnnserve serve` on port 0; `event_loop` (asyncio/uvloop) becomes --event-loop, None
+    """`rnnserve serve` on port 0; `event_loop` (auto/asyncio/uvloop) becomes --event-loop, None
     leaves the server's default. `extra` comes last, so it can override anything."""
     exe = Path(sys.executable).with_name("rnnserve")
     loop_flag = ["--event-loop", event_loop] if event_loop else []

@@ -15,7 +15,7 @@ import grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 PORT_PREFIX = "BENCH_PORT="
-LOOP_CHOICES = ("asyncio", "uvloop")
+LOOP_CHOICES = ("auto", "asyncio", "uvloop")
 LoopName = Literal["asyncio", "uvloop"]
 
 
@@ -24,7 +24,10 @@ def have_uvloop() -> bool:
 
 
 def resolve_loop(name: str) -> LoopName:
-    """The loop `name` asks for; 'uvloop' without the package installed is an error."""
+    """'auto' is uvloop when it is importable, else asyncio (rnnserve's own default);
+    'uvloop' without the package installed is an error."""
+    if name == "auto":
+        return "uvloop" if have_uvloop() else "asyncio"
     if name == "uvloop":
         if not have_uvloop():
             raise RuntimeError("event loop 'uvloop' asked for, but uvloop is not installed")
@@ -38,8 +41,8 @@ def add_loop_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--loop",
         choices=LOOP_CHOICES,
-        default="asyncio",
-        help="event loop: asyncio (rnnserve's default) or uvloop, which must be installed",
+        default="auto",
+        help="event loop: auto (uvloop when installed, as rnnserve), asyncio or uvloop",
     )
 
 

@@ -2,7 +2,7 @@
 
     python -m bench.serving [--sessions 1,64,256,1024] [--duration 5] [--warmup 2]
                             [--systems echo,naive,rnnserve,frames,compute,memory]
-                            [--repeat 3] [--loop asyncio|uvloop]
+                            [--repeat 3] [--loop auto|asyncio|uvloop]
                             [--clients 1] [--sessions-per-stream 1] [--gpu] [--output FILE]
 
 Systems, all on the same model (2-layer GRU, hidden 128, 16 features in and out):
@@ -548,8 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--loop",
         choices=LOOP_CHOICES,
-        default="asyncio",
-        help="event loop of every server (echo/naive --loop, rnnserve --event-loop)",
+        default="auto",
+        help="event loop of every server (echo/naive --loop, rnnserve --event-loop); "
+        "auto = uvloop when installed, as rnnserve's default",
     )
     p.add_argument("--output", default=None, help="write the Markdown here (and FILE.json)")
     args = p.parse_args(argv)

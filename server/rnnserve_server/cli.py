@@ -116,7 +116,7 @@ def serve(
         float | None, typer.Option(help="Time to drain in-flight work on SIGTERM.")
     ] = None,
     event_loop: Annotated[
-        str | None, typer.Option(help="'asyncio' (default) or 'uvloop' (if installed).")
+        str | None, typer.Option(help="'auto' (uvloop when installed), 'uvloop' or 'asyncio'.")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
     log_format: Annotated[str | None, typer.Option(help="'json' or 'text'.")] = None,
@@ -153,12 +153,12 @@ def serve(
 def run(settings: ServerSettings) -> None:
     # Imported here so `rnnserve --help` stays fast and settings errors need no runtime.
     from rnnserve_server.app import Ports, StartupError, serve
-    from rnnserve_server.event_loop import check_available, run_on_event_loop
+    from rnnserve_server.event_loop import resolve, run_on_event_loop
     from rnnserve_server.logging_setup import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     try:
-        check_available(settings.event_loop)
+        loop_name = resolve(settings.event_loop)
     except RuntimeError as exc:
         typer.echo(f"rnnserve: invalid settings: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -172,7 +172,7 @@ def run(settings: ServerSettings) -> None:
         )
 
     try:
-        run_on_event_loop(serve(settings, ready), settings.event_loop)
+        run_on_event_loop(serve(settings, ready), loop_name)
     except StartupError as exc:
         logging.getLogger("rnnserve").error("cannot start: %s", exc)
         typer.echo(f"rnnserve: cannot start: {exc}", err=True)

@@ -107,10 +107,11 @@ class ServerSettings(BaseSettings):
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="On SIGTERM: time to finish in-flight work before exiting."
     )
-    event_loop: Literal["asyncio", "uvloop"] = Field(
-        "asyncio",
-        description="Event loop: the standard asyncio loop, or uvloop (install it yourself). "
-        "uvloop measured no faster for rnnserve's streams (docs/benchmarks.md).",
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto",
+        description="Event loop: uvloop (C; about a fifth less event-loop CPU per streamed step, "
+        "docs/benchmarks.md) or the standard asyncio loop; auto = uvloop when installed (the "
+        "server extra installs it on Linux and macOS).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = Field(

@@ -1,8 +1,9 @@
-"""Which event loop the server runs on: the standard asyncio loop (default) or uvloop.
+"""Which event loop the server runs on: uvloop when installed (the default), else asyncio's own.
 
-uvloop (libuv, in C) is cheaper per callback, but on rnnserve's streams it measured no faster:
-most of a message's cost is gRPC's own, and grpc.aio wakes the loop through a socket either way
-(docs/benchmarks.md). It is offered for people who want to measure on their machines.
+On the streamed-step path the loop runs several callbacks, future wake-ups and task steps per
+message; uvloop (libuv, in C) does each for less CPU than the standard loop's Python code. Measured
+on the 2-core VM: about a fifth less main-thread CPU per ping-pong step (docs/benchmarks.md).
+grpc.aio works on either: it wakes the loop through a socket, not loop internals.
 """
 
 from __future__ import annotations
@@ -14,22 +15,26 @@ from collections.abc import Coroutine
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
-LoopName = Literal["asyncio", "uvloop"]
+LoopName = Literal["auto", "asyncio", "uvloop"]
 
 log = logging.getLogger("rnnserve")
 
 
-def check_available(name: LoopName) -> None:
-    """Raise RuntimeError when the loop asked for is not installed."""
-    if name == "uvloop" and importlib.util.find_spec("uvloop") is None:
+def resolve(name: LoopName) -> Literal["asyncio", "uvloop"]:
+    """'auto' is uvloop when importable, else asyncio; 'uvloop' without it is a RuntimeError."""
+    have_uvloop = importlib.util.find_spec("uvloop") is not None
+    if name == "uvloop" and not have_uvloop:
         raise RuntimeError("event_loop is 'uvloop' but the uvloop package is not installed")
+    if name == "auto":
+        return "uvloop" if have_uvloop else "asyncio"
+    return name
 
 
-def run_on_event_loop(main: Coroutine[Any, Any, T], name: LoopName) -> T:
-    """asyncio.run(main) on the chosen loop (call `check_available` first)."""
+def run_on_event_loop(main: Coroutine[Any, Any, T], name: Literal["asyncio", "uvloop"]) -> T:
+    """asyncio.run(main) on the loop `resolve` chose."""
     log.info("event loop: %s", name)
     if name == "uvloop":
-        import uvloop  # optional, not a dependency
+        import uvloop
 
         return uvloop.run(main)
     return asyncio.run(main)

@@ -89,7 +89,7 @@ def test_cli_reports_bad_settings_with_exit_code_2(tmp_path: Path) -> None:
 
 
 def test_event_loop_setting() -> None:
-    assert ServerSettings().event_loop == "asyncio"
+    assert ServerSettings().event_loop == "auto"
     with pytest.raises(ValidationError):
         load_settings(event_loop="trio")
 
