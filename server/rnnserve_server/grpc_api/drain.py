@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -18,57 +18,89 @@ import grpc.aio
 
 Context = grpc.aio.ServicerContext[Any, Any]
 R = TypeVar("R")
-_END: Any = object()  # the reader has stopped taking requests
 # What context.read() returns after the client's last message (missing from grpc-stubs).
 EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 class StreamReplies(Generic[R]):
-    """One stream's replies in the order they finish. The reader calls `expect()` for every
-    request it takes; exactly one `put()` follows for each, with the reply or None (nothing to
-    send, e.g. a request cancelled at loop teardown), so the writer knows when it is done.
+    """One stream's replies, written in the order they finish. The reader calls `expect()` for
+    every request it takes; exactly one `put()` follows for each, with the reply or None (nothing
+    to send, e.g. a request cancelled at loop teardown); `close()` when it stops reading.
+    `finished()` waits until every expected reply is written.
 
-    A deque and one waiter future rather than an asyncio.Queue: `put` runs once per step, from
-    callbacks, and the writer only needs waking when it ran dry."""
+    Writes start from `put` itself, usually inside the batch that computed the reply: the write
+    coroutine (`context.write(reply)`) is stepped by hand up to the gRPC operation it waits on,
+    and resumed from that operation's done callback. That is what a writer task would do, minus
+    a task wake-up and a future per message, which on the ping-pong path is a measurable share
+    of the server's CPU. One write is in flight at a time (gRPC allows no more); later replies
+    queue behind it."""
 
-    def __init__(self) -> None:
-        self._ready: deque[Any] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+    def __init__(self, write: Callable[[R], Coroutine[Any, Any, None]]) -> None:
+        self._write = write
+        self._loop = asyncio.get_running_loop()
+        self._queue: deque[R] = deque()
+        self._writing: Coroutine[Any, Any, None] | None = None
         self._expected = 0
+        self._answered = 0
+        self._reading = True
+        self._error: BaseException | None = None
+        self._finished: asyncio.Future[None] = self._loop.create_future()
 
     def expect(self) -> None:
         self._expected += 1
 
     def put(self, reply: R | None) -> None:
-        self._ready.append(reply)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self._answered += 1
+        if reply is None or self._error is not None:  # nothing to send, or nobody to send to
+            self._check_finished()
+        elif self._writing is None:
+            self._start(reply)
+        else:
+            self._queue.append(reply)
 
     def close(self) -> None:
-        self.put(_END)
+        self._reading = False
+        self._check_finished()
 
-    async def send_all(self, write: Callable[[R], Awaitable[None]]) -> None:
-        """Write every reply as it comes, until the reader stopped and each request it took was
-        answered."""
-        ready = self._ready
-        loop = asyncio.get_running_loop()
-        sent = 0
-        reading = True
-        while reading or sent < self._expected:
-            if not ready:
-                waiter = self._waiter = loop.create_future()
-                await waiter
-                continue
-            reply = ready.popleft()
-            if reply is _END:
-                reading = False
-                continue
-            sent += 1
-            if reply is not None:
-                await write(reply)
+    async def finished(self) -> None:
+        """Return when the reader closed and every reply is written; raise a write's error."""
+        await self._finished
+        if self._error is not None:
+            raise self._error
+
+    def _start(self, reply: R) -> None:
+        self._writing = self._write(reply)
+        self._advance()
+
+    def _advance(self, _: object = None) -> None:
+        coro = self._writing
+        assert coro is not None
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            self._writing = None
+            if self._queue:
+                self._start(self._queue.popleft())
+            else:
+                self._check_finished()
+            return
+        except BaseException as exc:  # the call is over (client gone, cancelled): stop writing
+            self._writing = None
+            self._error = exc
+            self._queue.clear()
+            self._check_finished()
+            return
+        if waiting_on is None:  # a bare yield: resume on the next loop iteration
+            self._loop.call_soon(self._advance)
+        else:  # an asyncio future, which the awaiting code marked as blocking
+            waiting_on._asyncio_future_blocking = False
+            waiting_on.add_done_callback(self._advance)
+
+    def _check_finished(self) -> None:
+        if self._finished.done() or self._writing is not None:
+            return
+        if self._error is not None or (not self._reading and self._answered >= self._expected):
+            self._finished.set_result(None)
 
 
 class StreamDrain:
@@ -96,8 +128,9 @@ class StreamDrain:
         self, context: Context, read: Callable[[], Awaitable[None]], replies: StreamReplies[R]
     ) -> None:
         """A bidirectional stream with gRPC's reader/writer API (cheaper per message than an
-        async generator): run `read` (which takes requests and arranges their replies) as a task,
-        write the replies as they come, then end the call as `finish` says."""
+        async generator): run `read` (which takes requests and arranges their replies, written
+        by `replies`) as a task, wait until all are written, then end the call as `finish`
+        says."""
         await self.refuse_if_draining(context)
 
         async def reader_body() -> None:
@@ -109,7 +142,7 @@ class StreamDrain:
         reader = asyncio.get_running_loop().create_task(reader_body())
         self._readers.add(reader)
         try:
-            await replies.send_all(context.write)
+            await replies.finished()
             self.finish(reader, context)
         finally:
             self.discard(reader)

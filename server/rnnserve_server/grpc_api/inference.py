@@ -61,7 +61,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self, request_iterator: AsyncIterator[pb.StreamRequest], context: Context
     ) -> None:
         loop = asyncio.get_running_loop()
-        replies: StreamReplies[pb.StreamResponse] = StreamReplies()
+        replies: StreamReplies[pb.StreamResponse] = StreamReplies(context.write)
         put = replies.put
         # Each session's latest chunk in flight on this stream (see the module docstring).
         tails: dict[str, Promise] = {}

@@ -181,7 +181,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         reach the service in order); replies go out as tasks finish. A failed request gets a
         reply with `error_message` and the stream stays open."""
         loop = asyncio.get_running_loop()
-        replies: StreamReplies[kpb.ModelStreamInferResponse] = StreamReplies()
+        replies: StreamReplies[kpb.ModelStreamInferResponse] = StreamReplies(context.write)
         inflight: set[asyncio.Task[kpb.ModelStreamInferResponse]] = set()
 
         def finished(task: asyncio.Task[kpb.ModelStreamInferResponse]) -> None:
