@@ -428,18 +428,21 @@ def run_round(
     k: int, model: BenchModel, args: argparse.Namespace, run_id: str, work: Path
 ) -> list[Row]:
     """One round: echo, naive, rnnserve (+ frames), each in a fresh server process, then the
-    compute floor: everything a floor compares, measured back to back."""
-    rows: list[Row] = []
+    compute floor: everything a floor compares, measured back to back. Every other round runs
+    the servers in reverse order, so that a slow drift of the machine's speed (common on shared
+    VMs) favours neither side of a ratio."""
     tag = f"{run_id}-r{k}"
     gpu_flag = ["--gpu"] if args.gpu else []
     loop_flag = ["--loop", args.loop_name]
-    if "echo" in args.systems:
+
+    def echo() -> list[Row]:
         _log(f"round {k}: echo server")
         cmd = python_module("bench.echo_server", "--port", "0", *loop_flag)
-        rows += _server_system(
+        return _server_system(
             "echo", cmd, work / f"echo-r{k}.log", None, model, args, tag, args.sessions
         )
-    if "naive" in args.systems:
+
+    def naive() -> list[Row]:
         _log(f"round {k}: naive server")
         cmd = python_module(
             "bench.naive_server",
@@ -454,16 +457,17 @@ def run_round(
             *loop_flag,
             *gpu_flag,
         )
-        rows += _server_system(
+        return _server_system(
             "naive", cmd, work / f"naive-r{k}.log", None, model, args, tag, args.sessions
         )
-    if "rnnserve" in args.systems or "frames" in args.systems:
+
+    def rnnserve() -> list[Row]:
         _log(f"round {k}: rnnserve")
         cmd = rnnserve_command(
             model.repository, args.gpu, *args.rnnserve_arg, event_loop=args.loop_name
         )
         sessions = args.sessions if "rnnserve" in args.systems else []
-        rows += _server_system(
+        return _server_system(
             "rnnserve",
             cmd,
             work / f"rnnserve-r{k}.log",
@@ -473,6 +477,21 @@ def run_round(
             tag,
             sessions,
         )
+
+    servers = [
+        run
+        for wanted, run in (
+            ("echo" in args.systems, echo),
+            ("naive" in args.systems, naive),
+            ("rnnserve" in args.systems or "frames" in args.systems, rnnserve),
+        )
+        if wanted
+    ]
+    if k % 2 == 0:
+        servers.reverse()
+    rows: list[Row] = []
+    for run in servers:
+        rows += run()
     if "compute" in args.systems:
         rows.append(_compute_row(model, args))
     for f in floors([rows]):
