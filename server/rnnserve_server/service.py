@@ -289,8 +289,8 @@ class InferenceService:
     def submit_step(self, request: StepInput, outcome: Outcome) -> PendingStep:
         """`step` without the await: validate and queue the chunk now (raising RnnServeError for
         a rejection, before any state is touched); its StepResult or RnnServeError goes to
-        `outcome` later. Streams pass a `Promise` and answer from its callback: no task and no
-        event-loop hop per message."""
+        `outcome` later. Streams pass an object that answers when the batcher resolves it: no
+        task and no event-loop hop per message."""
         # The hot path: a handful of cheap checks, each with a slow path that explains.
         if self._closing:
             raise Unavailable("server is shutting down")

@@ -2,11 +2,10 @@
 
 Stream multiplexes sessions. A step is validated and queued as soon as it is read
 (`service.submit_step`, in arrival order, which is what keeps each session's chunks in order) and
-answered from its `Promise`'s callback, which runs inside the batch that computed it: no task and
-no future per message, since on the ping-pong path every event-loop hop costs throughput.
-Frames, rarer and larger, run as tasks. Replies go out as they finish, except that a reply never
-overtakes an earlier reply of the same session on the same stream: a rejection is answered at
-once by the service, so it is chained behind the session's chunk still in flight.
+answered inside the batch that computed it (`stream_steps.StreamSteps`): no task and no future
+per message, since on the ping-pong path every event-loop hop costs throughput. Frames, rarer and
+larger, run as tasks. Replies go out as they finish, except that a reply never overtakes an
+earlier reply of the same session on the same stream.
 """
 
 from __future__ import annotations
@@ -22,13 +21,12 @@ from typing_extensions import override
 
 from rnnserve_proto import rnnserve_pb2 as pb
 from rnnserve_proto import rnnserve_pb2_grpc as pb_grpc
-from rnnserve_server.batcher import StepResult
 from rnnserve_server.errors import ErrorCode, InvalidArgument, RnnServeError
 from rnnserve_server.grpc_api import convert
 from rnnserve_server.grpc_api.drain import EOF, StreamDrain, StreamReplies
 from rnnserve_server.grpc_api.recording import Recorder
 from rnnserve_server.grpc_api.status import abort, as_service_error, code_name, status_proto
-from rnnserve_server.outcome import Promise
+from rnnserve_server.grpc_api.stream_steps import StreamSteps
 from rnnserve_server.service import InferenceService
 
 log = logging.getLogger(__name__)
@@ -63,8 +61,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         loop = asyncio.get_running_loop()
         replies: StreamReplies[pb.StreamResponse] = StreamReplies(context.write)
         put = replies.put
-        # Each session's latest chunk in flight on this stream (see the module docstring).
-        tails: dict[str, Promise] = {}
+        steps = StreamSteps(
+            self._service,
+            self._rec,
+            put,
+            lambda request, error, started: self._reply_error(request, error, started, put),
+        )
+        submit_step = steps.submit
         frames: set[asyncio.Task[pb.StreamResponse]] = set()
 
         def frame_done(task: asyncio.Task[pb.StreamResponse]) -> None:
@@ -78,7 +81,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 replies.expect()
                 kind = request.WhichOneof("kind")
                 if kind == "step":
-                    self._submit_stream_step(request.step, tails, put)
+                    submit_step(request.step)
                 elif kind == "frame":
                     task = loop.create_task(self._stream_frame(request.frame))
                     frames.add(task)
@@ -87,50 +90,6 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     put(pb.StreamResponse(step=pb.StepResponse(status=status_proto(_NO_KIND))))
 
         await self._drain.serve(context, read, replies)
-
-    def _submit_stream_step(
-        self,
-        request: pb.StepRequest,
-        tails: dict[str, Promise],
-        put: Callable[[pb.StreamResponse | None], None],
-    ) -> None:
-        """Queue one streamed chunk; its reply is `put` when it is done (exactly one reply)."""
-        started = perf_counter()
-        promise = Promise()
-        try:
-            pending = self._service.submit_step(convert.step_input(request), promise)
-        except Exception as exc:  # each request gets its own reply; the stream stays up
-            error = as_service_error(exc)
-            previous = tails.get(request.session_id)
-            if previous is None:
-                self._reply_error(request, error, started, put)
-            else:
-                # Callbacks run in the order they were added (at once on a resolved promise), so
-                # this reply follows the previous chunk's.
-                previous.add_done_callback(
-                    lambda _: self._reply_error(request, error, started, put)
-                )
-            return
-        sid, model, version = pending
-        tails[sid] = promise
-
-        def done(resolved: Promise) -> None:
-            if tails.get(sid) is resolved:
-                del tails[sid]
-            failure = resolved.exception()
-            if failure is not None:
-                self._reply_error(request, as_service_error(failure), started, put)
-                return
-            res: StepResult = resolved.result()
-            response = pb.StreamResponse()
-            y = res.y
-            convert.fill_step_response(
-                response.step, sid, request.request_id, model, version, y, res.step
-            )
-            self._rec.request_soon(model, "stream_step", _OK, perf_counter() - started, len(y))
-            put(response)
-
-        promise.add_done_callback(done)
 
     def _reply_error(
         self,
