@@ -5,35 +5,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import grpc
 
+from rnnserve_server.event_loop import LoopName, resolve, run_on_event_loop
+
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 PORT_PREFIX = "BENCH_PORT="
-LOOP_CHOICES = ("auto", "asyncio", "uvloop")
-LoopName = Literal["asyncio", "uvloop"]
+LOOP_CHOICES: tuple[LoopName, ...] = get_args(LoopName)
 
 
-def have_uvloop() -> bool:
-    return importlib.util.find_spec("uvloop") is not None
-
-
-def resolve_loop(name: str) -> LoopName:
-    """'auto' is uvloop when it is importable, else asyncio (rnnserve's own default);
-    'uvloop' without the package installed is an error."""
-    if name == "auto":
-        return "uvloop" if have_uvloop() else "asyncio"
-    if name == "uvloop":
-        if not have_uvloop():
-            raise RuntimeError("event loop 'uvloop' asked for, but uvloop is not installed")
-        return "uvloop"
-    if name == "asyncio":
-        return "asyncio"
+def resolve_loop(name: str) -> Literal["asyncio", "uvloop"]:
+    """The loop `name` means, as `rnnserve serve --event-loop` resolves it ('auto' is uvloop
+    when installed; 'uvloop' without it is a RuntimeError)."""
+    for choice in LOOP_CHOICES:
+        if name == choice:
+            return resolve(choice)
     raise ValueError(f"unknown event loop {name!r}; choose from {LOOP_CHOICES}")
 
 
@@ -53,12 +44,7 @@ def run_server(coro_factory: Callable[[], Coroutine[Any, Any, None]], loop: str)
     except (RuntimeError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     print(f"event loop: {chosen}", file=sys.stderr, flush=True)
-    if chosen == "uvloop":
-        import uvloop  # optional: only imported when chosen
-
-        uvloop.run(coro_factory())
-    else:
-        asyncio.run(coro_factory())
+    run_on_event_loop(coro_factory(), chosen)
 
 
 async def serve_until_signal(server: grpc.aio.Server, host: str, port: int) -> None:
