@@ -43,7 +43,16 @@ def version_or_latest(version: int) -> int | None:
 # -- tensors -------------------------------------------------------------------------------------
 def tensor_to_array(tensor: pb.Tensor, ranks: Sequence[int], what: str = "input") -> FloatArray:
     """A read-only float32 view of the tensor's bytes with its declared shape."""
-    shape = tuple(tensor.shape)
+    data = tensor.data
+    dims = tensor.shape
+    # Once per streamed step: a well-formed 2-D tensor takes the short way (no tuple, no loop);
+    # anything else is checked below, where each problem gets its message.
+    if len(dims) == 2 and 2 in ranks:
+        rows = dims[0]
+        cols = dims[1]
+        if rows >= 0 and cols >= 0 and len(data) == rows * cols * 4:
+            return np.frombuffer(data, _F32).reshape(rows, cols)
+    shape = tuple(dims)
     if len(shape) not in ranks:
         wanted = " or ".join(str(r) for r in ranks)
         raise InvalidArgument(
@@ -54,12 +63,12 @@ def tensor_to_array(tensor: pb.Tensor, ranks: Sequence[int], what: str = "input"
         if dim < 0:
             raise InvalidArgument(f"{what} shape {list(shape)} has a negative dimension")
         count *= dim
-    if len(tensor.data) != count * 4:
+    if len(data) != count * 4:
         raise InvalidArgument(
             f"{what} shape {list(shape)} needs {count * 4} bytes of float32 data, "
-            f"got {len(tensor.data)} bytes"
+            f"got {len(data)} bytes"
         )
-    return np.frombuffer(tensor.data, dtype=_F32).reshape(shape)
+    return np.frombuffer(data, dtype=_F32).reshape(shape)
 
 
 def array_to_tensor(array: npt.NDArray[np.floating], out: pb.Tensor | None = None) -> pb.Tensor:
@@ -72,24 +81,11 @@ def array_to_tensor(array: npt.NDArray[np.floating], out: pb.Tensor | None = Non
 
 # -- steps ---------------------------------------------------------------------------------------
 def step_input(request: pb.StepRequest) -> StepInput:
-    # Once per streamed step: the common well-formed [T, F] tensor is checked inline; anything
-    # else goes through tensor_to_array, which explains what is wrong.
-    tensor = request.input
-    shape = tensor.shape
-    data = tensor.data
-    if len(shape) == 2 and (rows := shape[0]) >= 0 and (cols := shape[1]) >= 0:
-        if len(data) == rows * cols * 4:
-            x = np.frombuffer(data, _F32).reshape(rows, cols)
-        else:
-            x = tensor_to_array(tensor, (2,))
-    else:
-        x = tensor_to_array(tensor, (2,))
-    version = request.model_version
     return StepInput(
         request.session_id,
         request.model,
-        version if version > 0 else None,
-        x,
+        version_or_latest(request.model_version),
+        tensor_to_array(request.input, (2,)),
         request.start,
         request.end,
         request.expected_step if request.HasField("expected_step") else None,
