@@ -44,7 +44,7 @@ class Work:
 class Control(Work):
     """An admin operation that must see every earlier step of its sessions."""
 
-    __slots__ = ("fn", "lanes", "waiter")
+    __slots__ = ("fn", "lanes")
 
     def __init__(
         self,
@@ -57,14 +57,14 @@ class Control(Work):
         super().__init__(ids, future, owner)
         self.lanes = lanes
         self.fn = fn
-        self.waiter = future
 
     def on_ready(self) -> None:
-        # Run on the next loop iteration, not inside the release that readied it.
-        self.waiter.get_loop().call_soon(self._run)
+        # Run on the next loop iteration, not inside the release that readied it (releases
+        # happen on the loop thread).
+        asyncio.get_running_loop().call_soon(self._run)
 
     def _run(self) -> None:
-        waiter = self.waiter
+        waiter = self.future
         try:
             if not waiter.done():
                 waiter.set_result(self.fn())
