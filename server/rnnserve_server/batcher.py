@@ -1,12 +1,19 @@
 """Session-aware batching: many sessions' chunks coalesced into one ONNX Runtime run.
 
 A `Batcher` (one per model version) owns a queue of ready chunks (see `lanes.SessionLanes` for
-how per-session order is kept) and one task that loops: take up to `max_batch_size` sessions'
-worth of ready chunks (after waiting up to `max_queue_delay_ms` for a batch to fill; with 0 it
-takes whatever arrived while the previous run was in flight), validate them against the session
-store, gather states, run ONNX Runtime in the shared thread pool (one run per distinct chunk
-length T), scatter states back and resolve the futures. An ORT error fails that batch's chunks
-with INTERNAL and leaves their sessions untouched.
+how per-session order is kept). When work is ready and a worker is free it takes up to
+`max_batch_size` sessions' worth of ready chunks (after waiting up to `max_queue_delay_ms` for a
+batch to fill; with 0 it takes whatever arrived while the previous run was in flight), validates
+them against the session store, gathers states and hands the run to the shared thread pool (one
+ORT run per distinct chunk length T); when the run is done it scatters states back and resolves
+the chunks. An ORT error fails that batch's chunks with INTERNAL and leaves their sessions
+untouched.
+
+It is driven by plain loop callbacks, not a task: a batch starts one loop iteration after its
+work became ready and is answered one iteration after ORT returns. Under ping-pong load an
+iteration of the loop takes milliseconds (hundreds of gRPC reads), so every hop a task, an event
+or `run_in_executor`'s future chain would add shows up as latency, and, with a fixed number of
+sessions each waiting for its reply, as lost throughput.
 
 Everything but the ORT run happens on the event loop thread, so the store needs no locks. Per-row
 work is vectorised (numpy over the batch, C-level map/dict operations for id lookups): a frame
@@ -22,7 +29,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -135,6 +142,18 @@ class _Group:
         self.states_in: States = {}
 
 
+class _Run:
+    """A batch handed to the thread pool; `abandoned` once stop() failed it (its late result
+    is dropped)."""
+
+    __slots__ = ("abandoned", "batch", "groups")
+
+    def __init__(self, batch: list[Chunk], groups: list[_Group]) -> None:
+        self.batch = batch
+        self.groups = groups
+        self.abandoned = False
+
+
 class Batcher:
     """Coalesces ready chunks of one model version into ONNX Runtime runs; see module docs."""
 
@@ -166,11 +185,9 @@ class Batcher:
         self._reject_non_finite = reject_non_finite
         self._ready: deque[Chunk] = deque()
         self._ready_rows = 0
-        self._wake = asyncio.Event()
         self._pending = 0  # submitted chunks not yet resolved
         self._idle = asyncio.Event()
         self._idle.set()
-        self._task: asyncio.Task[None] | None = None
         # Batches in flight at once: while one runs in ORT (GIL released), the event loop prepares
         # the next and answers the last. Safe because a session with a chunk in flight is busy in
         # its lane: it is never in two batches, never evicted, and slots are reserved up front.
@@ -179,8 +196,10 @@ class Batcher:
         # loop round trip later. Partial batches still wait, so that they keep filling.
         self._workers = max(1, max_in_flight)
         self._running = 0
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: set[_Run] = set()
         self._loop_ref: asyncio.AbstractEventLoop | None = None
+        self._kick_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None  # max_queue_delay_ms expiry
         self._closed = False
         label = self.model
         self._queue_delay = metrics.queue_delay.labels(label)
@@ -190,9 +209,6 @@ class Batcher:
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self._loop_ref = asyncio.get_running_loop()
-        self._task = self._loop_ref.create_task(
-            self._loop(), name=f"batcher {self.model}:{self.version}"
-        )
 
     @property
     def pending(self) -> int:
@@ -203,20 +219,18 @@ class Batcher:
         await self._idle.wait()
 
     async def stop(self) -> None:
-        """Fail whatever is still queued with UNAVAILABLE and stop the task."""
+        """Fail whatever is queued or running with UNAVAILABLE, without applying it. A run
+        already inside ORT finishes in its thread; its result is dropped."""
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         err = Unavailable("server is shutting down")
         while self._ready:
             self._fail(self._ready.popleft(), err)
         self._ready_rows = 0
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        for task in list(self._in_flight):
-            task.cancel()
-        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        for run in list(self._in_flight):
+            self._abandon(run, err)
 
     # -- submission ------------------------------------------------------------------------------
     def submit(
@@ -277,7 +291,8 @@ class Batcher:
         if self.lanes.enter_one(session_id, chunk):
             self._ready.append(chunk)
             self._ready_rows += 1
-            self._wake.set()
+            if not self._kick_scheduled:
+                self._schedule()
 
     def push(self, chunk: Chunk) -> None:
         """A chunk reached the head of all its lanes."""
@@ -286,29 +301,36 @@ class Batcher:
             return
         self._ready.append(chunk)
         self._ready_rows += len(chunk.ids)
-        self._wake.set()
+        if not self._kick_scheduled:
+            self._schedule()
 
-    # -- the loop --------------------------------------------------------------------------------
-    async def _loop(self) -> None:
-        while True:
-            if not self._ready or not self._may_start():
-                self._wake.clear()  # set by new work and by a finished batch
-                await self._wake.wait()
-                continue
-            # Let the callers woken by the previous run (and any other ready callbacks) submit
-            # their next chunks first: otherwise ping-pong clients split into groups that
-            # alternate between runs and never coalesce again.
-            await asyncio.sleep(0)
-            if self._delay > 0:
-                await self._fill()
-            batch = self._take()  # taken only now, so it holds what arrived while waiting
-            if not batch:
-                continue
-            assert self._loop_ref is not None
-            self._running += 1
-            task = self._loop_ref.create_task(self._execute_guarded(batch))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+    # -- scheduling ------------------------------------------------------------------------------
+    def _schedule(self) -> None:
+        """Start batches on the next loop iteration: whatever the current one still readies
+        (other streams' reads, callers woken by the last run) joins them, instead of ping-pong
+        clients splitting into groups that alternate between runs and never coalesce again."""
+        assert self._loop_ref is not None
+        self._kick_scheduled = True
+        self._loop_ref.call_soon(self._kick)
+
+    def _kick(self) -> None:
+        """Start every batch that may start now (see _may_start and max_queue_delay_ms)."""
+        self._kick_scheduled = False
+        while self._ready and not self._closed and self._may_start():
+            if self._delay > 0 and self._ready_rows < self._max:
+                wait = self._ready[0].enqueued + self._delay - time.perf_counter()
+                if wait > 0:  # let it fill; new work and finished runs kick again before then
+                    if self._timer is None:
+                        assert self._loop_ref is not None
+                        self._timer = self._loop_ref.call_later(wait, self._timer_fired)
+                    return
+            batch = self._take()
+            if batch:
+                self._launch(batch)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._kick()
 
     def _may_start(self) -> bool:
         """A batch may start now: a worker is free, or the batch is full (see __init__)."""
@@ -316,31 +338,6 @@ class Batcher:
         if running < self._workers:
             return True
         return running < 2 * self._workers and self._ready_rows >= self._max
-
-    async def _execute_guarded(self, batch: list[Chunk]) -> None:
-        try:
-            await self._execute(batch)
-        except asyncio.CancelledError:
-            self._fail_batch(batch, Unavailable("server is shutting down"))
-            raise
-        except Exception as exc:  # a bug in this module: never leave futures hanging
-            log.exception("batch failed", extra={"model": self.model})
-            self._fail_batch(batch, Internal(f"internal error: {exc}"))
-        finally:
-            self._running -= 1
-            self._wake.set()
-
-    async def _fill(self) -> None:
-        """Wait until the batch is full or the oldest ready chunk has waited the delay."""
-        while self._ready_rows < self._max:
-            remaining = self._ready[0].enqueued + self._delay - time.perf_counter()
-            if remaining <= 0:
-                return
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), remaining)
-            except TimeoutError:
-                return
 
     def _take(self) -> list[Chunk]:
         """Ready chunks up to max_batch_size rows (always at least one). Chunks whose caller
@@ -375,50 +372,89 @@ class Batcher:
             self._idle.set()
 
     # -- one batch ---------------------------------------------------------------------------------
-    async def _execute(self, batch: list[Chunk]) -> None:
-        now = time.time()
-        t_start = time.perf_counter()
-        observe_many(self._queue_delay, [t_start - c.enqueued for c in batch])
-        if len(batch) == 1 or all(c.x.shape[1] == batch[0].x.shape[1] for c in batch):
-            groups = [_Group(batch)]
-        else:
-            by_t: dict[int, list[Chunk]] = {}
-            for c in batch:
-                by_t.setdefault(c.x.shape[1], []).append(c)
-            groups = [_Group(items) for items in by_t.values()]
-        jobs: list[tuple[FloatArray, States]] = []
-        for g in groups:
-            self._prepare(g, now)
-            jobs.append((g.x_ok, g.states_in))
-        results: list[tuple[FloatArray, States] | None]
-        if any(g.n_ok for g in groups):
-            try:
-                loop = asyncio.get_running_loop()
-                results = list(await loop.run_in_executor(self._executor, self._run_all, jobs))
-            except asyncio.CancelledError:
+    def _launch(self, batch: list[Chunk]) -> None:
+        """Validate and gather a batch on the loop, then hand its ORT runs to the thread pool."""
+        groups: list[_Group] = []
+        try:
+            now = time.time()
+            t_start = time.perf_counter()
+            observe_many(self._queue_delay, [t_start - c.enqueued for c in batch])
+            if len(batch) == 1 or all(c.x.shape[1] == batch[0].x.shape[1] for c in batch):
+                groups = [_Group(batch)]
+            else:
+                by_t: dict[int, list[Chunk]] = {}
+                for c in batch:
+                    by_t.setdefault(c.x.shape[1], []).append(c)
+                groups = [_Group(items) for items in by_t.values()]
+            for g in groups:
+                self._prepare(g, now)
+            if not any(g.n_ok for g in groups):  # nothing to run: every row failed its checks
                 for g in groups:
-                    self._unreserve(g)
-                raise
-            except Exception as exc:
-                log.error(
-                    "ONNX Runtime run failed: %s",
-                    exc,
-                    extra={"model": self.model, "version": self.version},
-                )
-                err = Internal(f"model {self.model!r} version {self.version} failed to run: {exc}")
-                for g in groups:
-                    self._unreserve(g)
-                    ran = range(len(g.ids)) if g.ok_rows is None else g.ok_rows.tolist()
-                    for r in ran:
-                        g.errors[r] = err
-                    g.ok_rows, g.n_ok = _NO_ROWS, 0
                     self._resolve(g, None, None)
                 return
-        else:
-            results = [None] * len(groups)
-        now = time.time()
-        for g, res in zip(groups, results, strict=True):
-            self._resolve(g, res, now)
+            done = self._executor.submit(self._run_all, [(g.x_ok, g.states_in) for g in groups])
+        except Exception as exc:  # a bug in this module: never leave a chunk unanswered
+            self._batch_failed(batch, groups, exc)
+            return
+        run = _Run(batch, groups)
+        self._in_flight.add(run)
+        self._running += 1
+        loop = self._loop_ref
+        assert loop is not None
+
+        def ran(done: Future[list[tuple[FloatArray, States]]]) -> None:  # on the worker thread
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is left to answer
+                loop.call_soon_threadsafe(self._ran, run, done)
+
+        done.add_done_callback(ran)
+
+    def _ran(self, run: _Run, done: Future[list[tuple[FloatArray, States]]]) -> None:
+        """Back on the loop: answer the batch's chunks and start what became ready meanwhile."""
+        if run.abandoned:
+            return
+        self._in_flight.discard(run)
+        self._running -= 1
+        try:
+            failure = done.exception()
+            if failure is None:
+                now = time.time()
+                for g, res in zip(run.groups, done.result(), strict=True):
+                    self._resolve(g, res, now)
+            else:
+                self._run_failed(run.groups, failure)
+        except Exception as exc:  # a bug in this module: never leave a chunk unanswered
+            self._batch_failed(run.batch, [], exc)
+        if self._ready and not self._kick_scheduled:
+            self._schedule()
+
+    def _run_failed(self, groups: list[_Group], exc: BaseException) -> None:
+        """ORT raised: every row that was to run fails with INTERNAL, its session untouched."""
+        log.error(
+            "ONNX Runtime run failed: %s", exc, extra={"model": self.model, "version": self.version}
+        )
+        err = Internal(f"model {self.model!r} version {self.version} failed to run: {exc}")
+        for g in groups:
+            self._unreserve(g)
+            ran = range(len(g.ids)) if g.ok_rows is None else g.ok_rows.tolist()
+            for r in ran:
+                g.errors[r] = err
+            g.ok_rows, g.n_ok = _NO_ROWS, 0
+            self._resolve(g, None, None)
+
+    def _batch_failed(self, batch: list[Chunk], groups: list[_Group], exc: Exception) -> None:
+        log.exception("batch failed", exc_info=exc, extra={"model": self.model})
+        for g in groups:
+            self._unreserve(g)
+        self._fail_batch(batch, Internal(f"internal error: {exc}"))
+
+    def _abandon(self, run: _Run, err: RnnServeError) -> None:
+        """stop(): fail a batch still in ORT without applying it."""
+        run.abandoned = True
+        self._in_flight.discard(run)
+        self._running -= 1
+        for g in run.groups:
+            self._unreserve(g)
+        self._fail_batch(run.batch, err)
 
     def _run_all(self, jobs: list[tuple[FloatArray, States]]) -> list[tuple[FloatArray, States]]:
         """Worker thread: one ORT run per group (split at max_batch_size); ORT releases the GIL."""

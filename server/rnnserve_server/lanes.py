@@ -139,7 +139,11 @@ class SessionLanes:
         waiters = work.waiters
         if waiters is None:
             # Nothing queued behind: every id still points at this work.
-            deque(map(tails.__delitem__, work.ids), maxlen=0)
+            ids = work.ids
+            if len(ids) == 1:  # a step: the hot path
+                del tails[ids[0]]
+            else:
+                deque(map(tails.__delitem__, ids), maxlen=0)
             return
         for sid in work.ids:
             if tails.get(sid) is work:

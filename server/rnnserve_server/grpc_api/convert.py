@@ -51,7 +51,7 @@ def tensor_to_array(tensor: pb.Tensor, ranks: Sequence[int], what: str = "input"
         rows = dims[0]
         cols = dims[1]
         if rows >= 0 and cols >= 0 and len(data) == rows * cols * 4:
-            return np.frombuffer(data, _F32).reshape(rows, cols)
+            return np.ndarray((rows, cols), _F32, data)  # one call: frombuffer + reshape
     shape = tuple(dims)
     if len(shape) not in ranks:
         wanted = " or ".join(str(r) for r in ranks)
