@@ -167,6 +167,7 @@ class Batcher:
         *,
         max_batch_size: int,
         max_queue_delay_ms: float,
+        inline_max_steps: int = 0,
         evict_lru: bool,
         describe_missing: Callable[[str, SessionStore], RnnServeError],
         reject_non_finite: bool = True,
@@ -180,6 +181,7 @@ class Batcher:
         self._executor = executor
         self._max = max_batch_size
         self._delay = max_queue_delay_ms / 1000.0
+        self._inline_steps = inline_max_steps
         self._evict_lru = evict_lru
         self._describe_missing = describe_missing
         self._reject_non_finite = reject_non_finite
@@ -392,13 +394,25 @@ class Batcher:
                 for g in groups:
                     self._resolve(g, None, None)
                 return
-            done = self._executor.submit(self._run_all, [(g.x_ok, g.states_in) for g in groups])
+            jobs = [(g.x_ok, g.states_in) for g in groups]
+            inline = self._runs_inline(groups)
+            if inline:
+                done: Future[list[tuple[FloatArray, States]]] = Future()
+                try:
+                    done.set_result(self._run_all(jobs))
+                except Exception as exc:  # an ORT failure: _ran reports it like a worker's
+                    done.set_exception(exc)
+            else:
+                done = self._executor.submit(self._run_all, jobs)
         except Exception as exc:  # a bug in this module: never leave a chunk unanswered
             self._batch_failed(batch, groups, exc)
             return
         run = _Run(batch, groups)
         self._in_flight.add(run)
         self._running += 1
+        if inline:
+            self._ran(run, done)
+            return
         loop = self._loop_ref
         assert loop is not None
 
@@ -407,6 +421,14 @@ class Batcher:
                 loop.call_soon_threadsafe(self._ran, run, done)
 
         done.add_done_callback(ran)
+
+    def _runs_inline(self, groups: list[_Group]) -> bool:
+        """A tiny batch on an otherwise idle batcher: run it here, on the loop. Handing it to a
+        worker costs two thread wake-ups and GIL hand-offs, more than ORT takes for a few
+        steps, and at low load nothing else is waiting for the loop meanwhile."""
+        if self._running or self._ready or not self._inline_steps:
+            return False
+        return sum(g.n_ok * g.T for g in groups) <= self._inline_steps
 
     def _ran(self, run: _Run, done: Future[list[tuple[FloatArray, States]]]) -> None:
         """Back on the loop: answer the batch's chunks and start what became ready meanwhile."""

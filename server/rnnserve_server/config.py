@@ -53,6 +53,14 @@ class BatcherSettings(BaseModel):
         description="How long a non-full batch may wait for more work. 0 = run as soon as the "
         "previous run finished (batches still form while a run is in flight).",
     )
+    inline_max_steps: int = Field(
+        4,
+        ge=0,
+        description="A batch of at most this many session-steps, with no other run in flight and "
+        "nothing else queued, runs on the event loop instead of a worker thread: at low load "
+        "the two thread hand-offs cost more than the run (single-session p50 0.54 -> 0.46 ms). "
+        "0 = always use the workers.",
+    )
 
 
 class SessionSettings(BaseModel):

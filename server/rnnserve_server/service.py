@@ -165,6 +165,7 @@ class InferenceService:
                         metrics,
                         max_batch_size=settings.batcher.max_batch_size,
                         max_queue_delay_ms=settings.batcher.max_queue_delay_ms,
+                        inline_max_steps=settings.batcher.inline_max_steps,
                         evict_lru=settings.sessions.eviction == "lru",
                         reject_non_finite=not settings.limits.allow_non_finite,
                         describe_missing=functools.partial(_describe_missing, models, recent),

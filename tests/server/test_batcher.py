@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -187,6 +188,67 @@ def test_ort_failure_fans_out_and_leaves_states_untouched(repo: Path) -> None:
             assert "new" not in r.store
             assert len(r.store) == 2
             rest: StepResult = await r.step("p", x[2:])
+            np.testing.assert_allclose(rest.y, offline(repo, "gru", 2, x)[2:], atol=TOL)
+
+    asyncio.run(main())
+
+
+class ThreadRecordingRunner(ModelRunner):
+    """A real runner that notes which thread ran each batch, and how many session-steps."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.runs: list[tuple[int, int]] = []
+
+    def run(self, x: FloatArray, states: States) -> tuple[FloatArray, States]:
+        self.runs.append((threading.get_ident(), x.shape[0] * x.shape[1]))
+        return super().run(x, states)
+
+
+def test_a_tiny_batch_on_an_idle_batcher_runs_on_the_loop(repo: Path) -> None:
+    xs = [data(70 + i, 4) for i in range(4)]
+
+    async def main(inline_max_steps: int) -> list[bool]:
+        async with rig(
+            repo, runner_cls=ThreadRecordingRunner, inline_max_steps=inline_max_steps
+        ) as r:
+            runner = r.batcher.runner
+            assert isinstance(runner, ThreadRecordingRunner)
+            loop_thread = threading.get_ident()
+            # 1 session-step, then 3 sessions x 1 step, then 2 sessions x 4 steps (over 4)
+            first: StepResult = await r.step("a", xs[0][:1], start=True)
+            trio = await asyncio.gather(
+                *(r.step(f"b{i}", xs[i][:1], start=True) for i in range(1, 4))
+            )
+            pair = await asyncio.gather(r.step("c", xs[0], start=True), r.step("a", xs[1][1:]))
+            # results are the same wherever the run happened
+            np.testing.assert_allclose(first.y, offline(repo, "gru", 2, xs[0][:1]), atol=TOL)
+            for i, res in enumerate(trio, start=1):
+                np.testing.assert_allclose(res.y, offline(repo, "gru", 2, xs[i][:1]), atol=TOL)
+            np.testing.assert_allclose(pair[0].y, offline(repo, "gru", 2, xs[0]), atol=TOL)
+            assert pair[1].step == 4
+            assert [steps for _, steps in runner.runs] == [1, 3, 4, 3]  # T=4 and T=3 groups
+            assert r.sample("rnnserve_ort_run_seconds_count") == 4
+            return [tid == loop_thread for tid, _ in runner.runs]
+
+    assert asyncio.run(main(4)) == [True, True, False, False]
+    assert asyncio.run(main(0)) == [False, False, False, False]
+
+
+def test_an_ort_failure_in_an_inline_run_is_reported_like_a_workers(repo: Path) -> None:
+    x = data(5, 3)
+
+    async def main() -> None:
+        async with rig(repo, runner_cls=FailingRunner, inline_max_steps=4) as r:
+            await r.step("p", x[:2], start=True)
+            h = r.store.states["h"].copy()
+            with pytest.raises(RnnServeError) as failed:
+                await r.step("p", np.full((1, 3), POISON, np.float32))
+            assert failed.value.code == ErrorCode.INTERNAL
+            assert "failed to run" in failed.value.message
+            np.testing.assert_array_equal(r.store.states["h"], h)
+            rest: StepResult = await r.step("p", x[2:])
+            assert rest.step == 3
             np.testing.assert_allclose(rest.y, offline(repo, "gru", 2, x)[2:], atol=TOL)
 
     asyncio.run(main())
