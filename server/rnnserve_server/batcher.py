@@ -62,6 +62,9 @@ _TRUE1 = np.ones(1, np.bool_)
 _FALSE1 = np.zeros(1, np.bool_)
 _NO_EXPECT1 = np.full(1, -1, np.int64)
 _NO_ROWS = np.empty(0, np.int64)
+# An inline run blocks the event loop (every stream, health checks): a model whose tiny runs take
+# longer than this on average goes back to the worker threads for good.
+_INLINE_BUDGET_S = 0.001
 for _a in (_TRUE1, _FALSE1, _NO_EXPECT1, _NO_ROWS):
     _a.flags.writeable = False
 # Chunk.flags: which per-row options are used at all (lets batches skip whole checks).
@@ -182,6 +185,8 @@ class Batcher:
         self._max = max_batch_size
         self._delay = max_queue_delay_ms / 1000.0
         self._inline_steps = inline_max_steps
+        self._inline_runs = 0
+        self._inline_mean_s = 0.0  # moving average of inline run times (the first is skipped)
         self._evict_lru = evict_lru
         self._describe_missing = describe_missing
         self._reject_non_finite = reject_non_finite
@@ -398,10 +403,12 @@ class Batcher:
             inline = self._runs_inline(groups)
             if inline:
                 done: Future[list[tuple[FloatArray, States]]] = Future()
+                t0 = time.perf_counter()
                 try:
                     done.set_result(self._run_all(jobs))
                 except Exception as exc:  # an ORT failure: _ran reports it like a worker's
                     done.set_exception(exc)
+                self._timed_inline(time.perf_counter() - t0)
             else:
                 done = self._executor.submit(self._run_all, jobs)
         except Exception as exc:  # a bug in this module: never leave a chunk unanswered
@@ -429,6 +436,24 @@ class Batcher:
         if self._running or self._ready or not self._inline_steps:
             return False
         return sum(g.n_ok * g.T for g in groups) <= self._inline_steps
+
+    def _timed_inline(self, seconds: float) -> None:
+        """Stop inlining a model whose tiny runs are too slow to block the loop for (the first
+        run is not counted: it includes ONNX Runtime's one-off allocations)."""
+        self._inline_runs += 1
+        if self._inline_runs == 1:
+            return
+        # Each run counts for at most 4x the budget: one hiccup (a preempted thread) doesn't end
+        # inlining; three slow runs in a row do.
+        self._inline_mean_s = 0.9 * self._inline_mean_s + 0.1 * min(seconds, 4 * _INLINE_BUDGET_S)
+        if self._inline_mean_s > _INLINE_BUDGET_S:
+            self._inline_steps = 0
+            log.info(
+                "tiny batches take %.2f ms in ONNX Runtime, too long to run on the event loop; "
+                "they go to the worker threads from now on",
+                self._inline_mean_s * 1e3,
+                extra={"model": self.model, "version": self.version},
+            )
 
     def _ran(self, run: _Run, done: Future[list[tuple[FloatArray, States]]]) -> None:
         """Back on the loop: answer the batch's chunks and start what became ready meanwhile."""

@@ -235,6 +235,32 @@ def test_a_tiny_batch_on_an_idle_batcher_runs_on_the_loop(repo: Path) -> None:
     assert asyncio.run(main(0)) == [False, False, False, False]
 
 
+class SlowThreadRecordingRunner(ThreadRecordingRunner):
+    """Like a large model: each run takes at least 20 ms."""
+
+    def run(self, x: FloatArray, states: States) -> tuple[FloatArray, States]:
+        time.sleep(0.02)
+        return super().run(x, states)
+
+
+def test_a_model_too_slow_to_run_on_the_loop_goes_back_to_the_workers(repo: Path) -> None:
+    x = data(8, 6)
+
+    async def main() -> None:
+        async with rig(repo, runner_cls=SlowThreadRecordingRunner, inline_max_steps=4) as r:
+            runner = r.batcher.runner
+            assert isinstance(runner, SlowThreadRecordingRunner)
+            loop_thread = threading.get_ident()
+            results = [await r.step("s", x[t : t + 1], start=t == 0) for t in range(6)]
+            # the first run is not timed; three more 20 ms runs end inlining for this model
+            on_loop = [tid == loop_thread for tid, _ in runner.runs]
+            assert on_loop == [True, True, True, True, False, False]
+            y = np.concatenate([res.y for res in results])
+            np.testing.assert_allclose(y, offline(repo, "gru", 2, x), atol=TOL)
+
+    asyncio.run(main())
+
+
 def test_an_ort_failure_in_an_inline_run_is_reported_like_a_workers(repo: Path) -> None:
     x = data(5, 3)
 
