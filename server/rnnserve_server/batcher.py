@@ -65,6 +65,8 @@ _NO_ROWS = np.empty(0, np.int64)
 # An inline run blocks the event loop (every stream, health checks): a model whose tiny runs take
 # longer than this on average goes back to the worker threads for good.
 _INLINE_BUDGET_S = 0.001
+# Session-steps per message from which a partial batch counts as ORT work (see _may_start).
+_HEAVY_STEPS_PER_MESSAGE = 8
 for _a in (_TRUE1, _FALSE1, _NO_EXPECT1, _NO_ROWS):
     _a.flags.writeable = False
 # Chunk.flags: which per-row options are used at all (lets batches skip whole checks).
@@ -175,6 +177,7 @@ class Batcher:
         describe_missing: Callable[[str, SessionStore], RnnServeError],
         reject_non_finite: bool = True,
         max_in_flight: int = 1,
+        parallel_light_batches: bool = True,
     ) -> None:
         self.runner = runner
         self.store = store
@@ -192,6 +195,7 @@ class Batcher:
         self._reject_non_finite = reject_non_finite
         self._ready: deque[Chunk] = deque()
         self._ready_rows = 0
+        self._ready_steps = 0  # session-steps in _ready (rows x T)
         self._pending = 0  # submitted chunks not yet resolved
         self._idle = asyncio.Event()
         self._idle.set()
@@ -202,6 +206,7 @@ class Batcher:
         # it waits in the executor's queue and starts the moment a worker frees, instead of a
         # loop round trip later. Partial batches still wait, so that they keep filling.
         self._workers = max(1, max_in_flight)
+        self._parallel_light = parallel_light_batches
         self._running = 0
         self._in_flight: set[_Run] = set()
         self._loop_ref: asyncio.AbstractEventLoop | None = None
@@ -236,6 +241,7 @@ class Batcher:
         while self._ready:
             self._fail(self._ready.popleft(), err)
         self._ready_rows = 0
+        self._ready_steps = 0
         for run in list(self._in_flight):
             self._abandon(run, err)
 
@@ -298,6 +304,7 @@ class Batcher:
         if self.lanes.enter_one(session_id, chunk):
             self._ready.append(chunk)
             self._ready_rows += 1
+            self._ready_steps += x.shape[0]
             if not self._kick_scheduled:
                 self._schedule()
 
@@ -308,6 +315,7 @@ class Batcher:
             return
         self._ready.append(chunk)
         self._ready_rows += len(chunk.ids)
+        self._ready_steps += chunk.x.shape[0] * chunk.x.shape[1]
         if not self._kick_scheduled:
             self._schedule()
 
@@ -340,11 +348,23 @@ class Batcher:
         self._kick()
 
     def _may_start(self) -> bool:
-        """A batch may start now: a worker is free, or the batch is full (see __init__)."""
+        """A batch may start now: nothing runs; or a worker is free and the batch is worth a
+        parallel run (at least half full, or heavy); or the batch is full (see __init__)."""
         running = self._running
-        if running < self._workers:
+        full = self._ready_rows >= self._max
+        if running == 0:
             return True
-        return running < 2 * self._workers and self._ready_rows >= self._max
+        if running < self._workers:
+            big = 2 * self._ready_rows >= self._max
+            return big or self._parallel_light or self._is_heavy()
+        return running < 2 * self._workers and full
+
+    def _is_heavy(self) -> bool:
+        """Ready work is mostly ORT (frames, long chunks) rather than messages. A light partial
+        batch (one-step messages) beside a running one only takes a core from the event loop
+        where cores are few, so it waits and joins a bigger batch instead (see
+        BatcherSettings.parallel_light_batches)."""
+        return self._ready_steps >= _HEAVY_STEPS_PER_MESSAGE * len(self._ready)
 
     def _take(self) -> list[Chunk]:
         """Ready chunks up to max_batch_size rows (always at least one). Chunks whose caller
@@ -355,6 +375,7 @@ class Batcher:
         while ready and (not batch or rows + len(ready[0].ids) <= self._max):
             c = ready.popleft()
             self._ready_rows -= len(c.ids)
+            self._ready_steps -= c.x.shape[0] * c.x.shape[1]
             if c.future.done():
                 self._finish(c)
                 continue

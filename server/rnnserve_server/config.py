@@ -53,6 +53,15 @@ class BatcherSettings(BaseModel):
         description="How long a non-full batch may wait for more work. 0 = run as soon as the "
         "previous run finished (batches still form while a run is in flight).",
     )
+    parallel_light_batches: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Whether a partial batch of light messages (under 8 session-steps each, e.g. "
+        "one-step ping-pong) may run beside a run already in flight. 'off': it waits and joins "
+        "a bigger batch; on 2 cores that parallel run takes a core from the event loop "
+        "(256-session ping-pong p99 -4%, 16-64 sessions -4-12%). Batches at least half full "
+        "and heavy work (frames, long chunks) use every worker either way. 'auto': 'on' when "
+        "the server may use at least run_workers + 2 cores.",
+    )
     inline_max_steps: int = Field(
         4,
         ge=0,

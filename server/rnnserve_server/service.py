@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -73,6 +74,16 @@ _REASON_TEXT = {
     "lru": "was evicted to make room for newer sessions (LRU, the model was full)",
     "replaced": "was replaced by an imported session",
 }
+
+
+def _parallel_light_batches(settings: ServerSettings) -> bool:
+    """BatcherSettings.parallel_light_batches, with 'auto' resolved against the usable cores:
+    the event loop, gRPC's threads and every ORT worker each want one."""
+    choice = settings.batcher.parallel_light_batches
+    if choice != "auto":
+        return choice == "on"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cores or 1) >= settings.runtime.run_workers + 2
 
 
 class PendingStep(NamedTuple):
@@ -170,6 +181,7 @@ class InferenceService:
                         reject_non_finite=not settings.limits.allow_non_finite,
                         describe_missing=functools.partial(_describe_missing, models, recent),
                         max_in_flight=settings.runtime.run_workers,
+                        parallel_light_batches=_parallel_light_batches(settings),
                     )
                     models.setdefault(name, {})[version] = LoadedModel(runner, store, batcher)
                     metrics.set_model_info(

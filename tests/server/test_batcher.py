@@ -261,6 +261,61 @@ def test_a_model_too_slow_to_run_on_the_loop_goes_back_to_the_workers(repo: Path
     asyncio.run(main())
 
 
+class OverlapRunner(ModelRunner):
+    """A real runner whose runs take 50 ms and that records how many ran at once."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._lock = threading.Lock()
+        self._now = 0
+        self.peak = 0
+
+    def run(self, x: FloatArray, states: States) -> tuple[FloatArray, States]:
+        with self._lock:
+            self._now += 1
+            self.peak = max(self.peak, self._now)
+        try:
+            time.sleep(0.05)
+            return super().run(x, states)
+        finally:
+            with self._lock:
+                self._now -= 1
+
+
+def test_light_partial_batches_wait_for_the_running_one_unless_allowed(repo: Path) -> None:
+    xs = [data(90 + i, 1) for i in range(3)]
+
+    async def main(parallel_light: bool) -> tuple[int, int]:
+        async with rig(
+            repo,
+            runner_cls=OverlapRunner,
+            max_in_flight=2,
+            parallel_light_batches=parallel_light,
+        ) as r:
+            runner = r.batcher.runner
+            assert isinstance(runner, OverlapRunner)
+            # one-step messages: the second batch forms while the first runs
+            first = r.step("a", xs[0], start=True)
+            await asyncio.sleep(0.01)
+            later = [r.step(f"s{i}", xs[i], start=True) for i in (1, 2)]
+            results: list[StepResult] = await asyncio.gather(first, *later)
+            for i, res in enumerate(results):
+                np.testing.assert_allclose(res.y, offline(repo, "gru", 2, xs[i]), atol=TOL)
+            light_peak, runner.peak = runner.peak, 0
+            # heavy work (a frame of 16 sessions: 16 session-steps in one message) may overlap
+            first = r.step("a", xs[1])
+            await asyncio.sleep(0.01)
+            ids = [f"f{i}" for i in range(16)]
+            frame: FrameResult = await r.frame(ids, np.stack([xs[2]] * 16), start=True)
+            await first
+            assert frame.steps.tolist() == [1] * 16
+            assert r.sample("rnnserve_ort_run_seconds_count") == 4
+            return light_peak, runner.peak
+
+    assert asyncio.run(main(parallel_light=False)) == (1, 2)
+    assert asyncio.run(main(parallel_light=True)) == (2, 2)
+
+
 def test_an_ort_failure_in_an_inline_run_is_reported_like_a_workers(repo: Path) -> None:
     x = data(5, 3)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -18,8 +19,6 @@ from rnnserve_server.config import ServerSettings
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     for key in list(os.environ):
         if key.startswith("RNNSERVE_"):
             monkeypatch.delenv(key)
@@ -118,3 +117,23 @@ def test_uvloop_is_used_when_installed_else_refused_clearly(
         assert "event loop: uvloop" in proc.log_file.read_text()
     finally:
         proc.stop()
+
+
+def test_parallel_light_batches_auto_follows_the_usable_cores() -> None:
+    from rnnserve_server.service import _parallel_light_batches
+
+    def resolve(choice: str, workers: int) -> bool:
+        return _parallel_light_batches(
+            ServerSettings.model_validate(
+                {"batcher": {"parallel_light_batches": choice}, "runtime": {"run_workers": workers}}
+            )
+        )
+
+    cores = len(os.sched_getaffinity(0))
+    assert resolve("on", 10_000) is True
+    assert resolve("off", 1) is False
+    assert resolve("auto", 10_000) is False  # more workers than cores: light batches wait
+    workers = max(1, cores - 2)
+    assert resolve("auto", workers) is (cores >= workers + 2)  # this machine: 2 cores, False
+    with pytest.raises(ValidationError):
+        ServerSettings.model_validate({"batcher": {"parallel_light_batches": "sometimes"}})
