@@ -60,7 +60,8 @@ class BatcherSettings(BaseModel):
         "a bigger batch; on 2 cores that parallel run takes a core from the event loop "
         "(256-session ping-pong p99 -4%, 16-64 sessions -4-12%). Batches at least half full "
         "and heavy work (frames, long chunks) use every worker either way. 'auto': 'on' when "
-        "the server may use at least run_workers + 2 cores.",
+        "the server may use at least run_workers + 2 cores (its affinity mask, capped by a "
+        "container's cgroup CPU quota).",
     )
     inline_max_steps: int = Field(
         4,

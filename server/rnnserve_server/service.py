@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from rnnserve_proto import model_repository_pb2
 from rnnserve_server import repository, validation
 from rnnserve_server.batcher import Batcher, FrameResult, StepResult
 from rnnserve_server.config import ServerSettings
+from rnnserve_server.cores import usable_cores
 from rnnserve_server.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -77,13 +77,13 @@ _REASON_TEXT = {
 
 
 def _parallel_light_batches(settings: ServerSettings) -> bool:
-    """BatcherSettings.parallel_light_batches, with 'auto' resolved against the usable cores:
-    the event loop, gRPC's threads and every ORT worker each want one."""
+    """BatcherSettings.parallel_light_batches, with 'auto' resolved against the usable cores
+    (affinity and container CPU limit): the event loop, gRPC's threads and every ORT worker
+    each want one."""
     choice = settings.batcher.parallel_light_batches
     if choice != "auto":
         return choice == "on"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (cores or 1) >= settings.runtime.run_workers + 2
+    return usable_cores() >= settings.runtime.run_workers + 2
 
 
 class PendingStep(NamedTuple):

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from rnnserve_proto import rnnserve_pb2, rnnserve_pb2_grpc
 from rnnserve_server.cli import load_settings
 from rnnserve_server.config import ServerSettings
+from rnnserve_server.cores import usable_cores
 
 
 @pytest.fixture(autouse=True)
@@ -129,7 +130,7 @@ def test_parallel_light_batches_auto_follows_the_usable_cores() -> None:
             )
         )
 
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     assert resolve("on", 10_000) is True
     assert resolve("off", 1) is False
     assert resolve("auto", 10_000) is False  # more workers than cores: light batches wait
