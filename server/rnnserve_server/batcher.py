@@ -348,16 +348,14 @@ class Batcher:
         self._kick()
 
     def _may_start(self) -> bool:
-        """A batch may start now: nothing runs; or a worker is free and the batch is worth a
-        parallel run (at least half full, or heavy); or the batch is full (see __init__)."""
+        """A batch may start now: nothing runs; or a worker is free and parallel runs are worth
+        it (many cores, or heavy work); or the batch is full (see __init__)."""
         running = self._running
-        full = self._ready_rows >= self._max
         if running == 0:
             return True
-        if running < self._workers:
-            big = 2 * self._ready_rows >= self._max
-            return big or self._parallel_light or self._is_heavy()
-        return running < 2 * self._workers and full
+        if running < self._workers and (self._parallel_light or self._is_heavy()):
+            return True
+        return running < 2 * self._workers and self._ready_rows >= self._max
 
     def _is_heavy(self) -> bool:
         """Ready work is mostly ORT (frames, long chunks) rather than messages. A light partial

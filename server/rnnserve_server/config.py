@@ -58,8 +58,9 @@ class BatcherSettings(BaseModel):
         description="Whether a partial batch of light messages (under 8 session-steps each, e.g. "
         "one-step ping-pong) may run beside a run already in flight. 'off': it waits and joins "
         "a bigger batch; on 2 cores that parallel run takes a core from the event loop "
-        "(256-session ping-pong p99 -4%, 16-64 sessions -4-12%). Batches at least half full "
-        "and heavy work (frames, long chunks) use every worker either way. 'auto': 'on' when "
+        "and the run beside it slows both (256-session ping-pong p99 -10%, 16-64 sessions "
+        "-4-12%). Full batches and heavy work (frames, long chunks) use every worker either "
+        "way. 'auto': 'on' when "
         "the server may use at least run_workers + 2 cores (its affinity mask, capped by a "
         "container's cgroup CPU quota).",
     )

@@ -316,6 +316,35 @@ def test_light_partial_batches_wait_for_the_running_one_unless_allowed(repo: Pat
     assert asyncio.run(main(parallel_light=True)) == (2, 2)
 
 
+def test_on_few_cores_only_a_full_light_batch_runs_beside_another(repo: Path) -> None:
+    """With parallel_light_batches off, a half-full batch of one-step messages waits for the
+    run in flight (parallel runs of ping-pong widened its tail on 2 cores); a full one may not
+    wait, since it cannot grow."""
+    xs = [data(120 + i, 1) for i in range(5)]
+
+    async def overlap(sessions: list[str]) -> int:
+        async with rig(
+            repo,
+            runner_cls=OverlapRunner,
+            max_in_flight=2,
+            max_batch_size=4,
+            parallel_light_batches=False,
+        ) as r:
+            runner = r.batcher.runner
+            assert isinstance(runner, OverlapRunner)
+            first = r.step("a", xs[0], start=True)
+            await asyncio.sleep(0.01)  # the first run is in ORT
+            later = [r.step(sid, xs[1 + i], start=True) for i, sid in enumerate(sessions)]
+            results: list[StepResult] = await asyncio.gather(first, *later)
+            for i, res in enumerate(results):
+                np.testing.assert_allclose(res.y, offline(repo, "gru", 2, xs[i]), atol=TOL)
+            assert r.sample("rnnserve_ort_run_seconds_count") == 2
+            return runner.peak
+
+    assert asyncio.run(overlap(["b", "c"])) == 1  # half full: waits
+    assert asyncio.run(overlap(["b", "c", "d", "e"])) == 2  # full: runs beside the first
+
+
 def test_an_ort_failure_in_an_inline_run_is_reported_like_a_workers(repo: Path) -> None:
     x = data(5, 3)
 
