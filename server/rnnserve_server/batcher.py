@@ -421,12 +421,15 @@ class Batcher:
             jobs = [(g.x_ok, g.states_in) for g in groups]
             inline = self._runs_inline(groups)
             if inline:
-                done: Future[list[tuple[FloatArray, States]]] = Future()
+                # No Future here: on the single-session path its lock and condition are a
+                # measurable share of the step.
+                outputs: list[tuple[FloatArray, States]] | None = None
+                failure: BaseException | None = None
                 t0 = time.perf_counter()
                 try:
-                    done.set_result(self._run_all(jobs))
+                    outputs = self._run_all(jobs)
                 except Exception as exc:  # an ORT failure: _ran reports it like a worker's
-                    done.set_exception(exc)
+                    failure = exc
                 self._timed_inline(time.perf_counter() - t0)
             else:
                 done = self._executor.submit(self._run_all, jobs)
@@ -437,14 +440,20 @@ class Batcher:
         self._in_flight.add(run)
         self._running += 1
         if inline:
-            self._ran(run, done)
+            self._ran(run, outputs, failure)
             return
         loop = self._loop_ref
         assert loop is not None
 
         def ran(done: Future[list[tuple[FloatArray, States]]]) -> None:  # on the worker thread
+            outputs = None
+            if done.cancelled():  # the pool shut down before it ran
+                failure: BaseException | None = Unavailable("server is shutting down")
+            else:
+                failure = done.exception()
+                outputs = None if failure is not None else done.result()
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is left to answer
-                loop.call_soon_threadsafe(self._ran, run, done)
+                loop.call_soon_threadsafe(self._ran, run, outputs, failure)
 
         done.add_done_callback(ran)
 
@@ -474,17 +483,23 @@ class Batcher:
                 extra={"model": self.model, "version": self.version},
             )
 
-    def _ran(self, run: _Run, done: Future[list[tuple[FloatArray, States]]]) -> None:
-        """Back on the loop: answer the batch's chunks and start what became ready meanwhile."""
+    def _ran(
+        self,
+        run: _Run,
+        outputs: list[tuple[FloatArray, States]] | None,
+        failure: BaseException | None,
+    ) -> None:
+        """Back on the loop: answer the batch's chunks (with ORT's `outputs` per group, or its
+        `failure`) and start what became ready meanwhile."""
         if run.abandoned:
             return
         self._in_flight.discard(run)
         self._running -= 1
         try:
-            failure = done.exception()
             if failure is None:
+                assert outputs is not None
                 now = time.time()
-                for g, res in zip(run.groups, done.result(), strict=True):
+                for g, res in zip(run.groups, outputs, strict=True):
                     self._resolve(g, res, now)
             else:
                 self._run_failed(run.groups, failure)
