@@ -226,6 +226,11 @@ class Batcher:
     def pending(self) -> int:
         return self._pending
 
+    @property
+    def runs_in_flight(self) -> int:
+        """Batches between gather and scatter: their sessions' slots must not move."""
+        return self._running
+
     async def drain(self) -> None:
         """Wait until every submitted chunk is resolved."""
         await self._idle.wait()

@@ -87,7 +87,12 @@ class SessionSettings(BaseModel):
     idle_ttl_s: float = Field(
         3600.0, ge=0, description="Sessions idle longer than this are evicted (0 = never)."
     )
-    sweep_interval_s: float = Field(5.0, gt=0, description="How often the TTL sweeper runs.")
+    sweep_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often the sweeper runs (idle TTL eviction, shrinking "
+        "session arenas a burst left mostly empty).",
+    )
 
 
 class LimitSettings(BaseModel):

@@ -88,6 +88,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.arena_bytes = Gauge(
+            "rnnserve_state_arena_bytes",
+            "Bytes allocated for recurrent state: live sessions plus free slots of the arena.",
+            ["model"],
+            registry=r,
+        )
         self.sessions_created = Counter(
             "rnnserve_sessions_created_total",
             "Sessions created (start, import).",

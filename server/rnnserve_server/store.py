@@ -5,7 +5,8 @@ Each loaded model version owns one `SessionStore`. Every state tensor lives in o
 number plus one dict entry (id -> slot). An idle session therefore costs its raw state bytes plus
 about a hundred bytes of bookkeeping, and a batch's states are gathered and scattered with one
 fancy-indexing operation per state tensor. The arena grows geometrically (doubling) up to the
-model's capacity; freed slots go back on a free stack (numpy, so frames allocate many at once).
+model's capacity, and shrinks again (compacting live sessions into the low slots) when a burst
+is over; freed slots go back on a free stack (numpy, so frames allocate many at once).
 
 The store is not thread-safe: only the event loop thread mutates it (the batcher gathers before
 and scatters after each ONNX Runtime run on the loop). Slots of sessions with queued or running
@@ -111,6 +112,7 @@ class SessionStore:
         self.recent = recent
         self.state_nbytes = sum(s.nbytes for s in specs)
         cap = max(1, min(max_sessions, initial_capacity))
+        self._initial_capacity = cap
         self.capacity = cap
         self.states: dict[str, np.ndarray] = {
             s.name: np.empty((cap, *s.shape), s.dtype) for s in specs
@@ -132,6 +134,8 @@ class SessionStore:
         self._n_free = cap
         self._active = metrics.active_sessions.labels(model)
         self._bytes = metrics.state_bytes.labels(model)
+        self._arena_bytes = metrics.arena_bytes.labels(model)
+        self._arena_bytes.set(cap * self.state_nbytes)
         self._created_total = metrics.sessions_created.labels(model)
         self._ended = {r: metrics.sessions_ended.labels(model, r) for r in END_REASONS}
         self._session_steps = metrics.session_steps.labels(model)
@@ -174,9 +178,61 @@ class SessionStore:
         self._free = free
         self._n_free += added.size
         self.capacity = new
+        self._arena_bytes.set(new * self.state_nbytes)
         log.info(
             "session arena grown", extra={"model": self.model, "capacity": new, "previous": old}
         )
+
+    def shrink(self) -> int:
+        """Give back arena memory after a burst: when at most a quarter of the slots are live,
+        move live sessions into the lowest slots and cut the arena (by halving, never below its
+        initial size, leaving at least half the new arena free so the next arrivals don't grow
+        it again). Returns the new capacity, or 0 when nothing changed.
+
+        Only safe when no slot is reserved or referenced by a batch in flight: the caller checks
+        that the model's batcher has no run in flight (then nothing is reserved either, which is
+        checked here)."""
+        cap = self.capacity
+        n_live = len(self.slot_of)
+        new = cap
+        while new // 2 >= max(self._initial_capacity, 2 * n_live):
+            new //= 2
+        if new == cap or self._n_free + n_live != cap:  # nothing to give back, or reservations
+            return 0
+        live = self.live
+        movers = np.flatnonzero(live[new:]) + new
+        if movers.size:
+            targets = np.flatnonzero(~live[:new])[: movers.size]
+            for arr in self._per_slot():
+                arr[targets] = arr[movers]
+            self.ids[targets] = self.ids[movers]
+            live[targets] = True
+            self.slot_of.update(zip(self.ids[targets].tolist(), targets.tolist(), strict=True))
+        # Copies, so that the large arrays are freed.
+        self.states = {k: v[:new].copy() for k, v in self.states.items()}
+        if self.last_output is not None:
+            self.last_output = self.last_output[:new].copy()
+        self.steps = self.steps[:new].copy()
+        self.created = self.created[:new].copy()
+        self.last_active = self.last_active[:new].copy()
+        self.live = live[:new].copy()
+        self.ids = self.ids[:new].copy()
+        self._free = np.flatnonzero(~self.live)[::-1].astype(np.int64)  # lowest slot on top
+        self._n_free = self._free.size
+        self.capacity = new
+        self._arena_bytes.set(new * self.state_nbytes)
+        log.info(
+            "session arena shrunk",
+            extra={"model": self.model, "capacity": new, "previous": cap, "sessions": n_live},
+        )
+        return new
+
+    def _per_slot(self) -> list[np.ndarray]:
+        """Every array indexed by slot that holds a session's data."""
+        arrays = [*self.states.values(), self.steps, self.created, self.last_active]
+        if self.last_output is not None:
+            arrays.append(self.last_output)
+        return arrays
 
     def reserve(self, k: int) -> IntArray:
         """Up to k free slots (fewer when the model is full). They hold no session until

@@ -1,7 +1,9 @@
-"""Background eviction of idle sessions (idle TTL), one asyncio task per service.
+"""Background housekeeping of the session stores, one asyncio task per service.
 
-Each sweep is one vectorised pass per store (last_active < now - ttl over the arena); sessions
-with queued or running work are skipped, whatever their age.
+Each sweep evicts idle sessions (idle TTL: one vectorised pass per store, last_active < now - ttl;
+sessions with queued or running work are skipped, whatever their age), then shrinks the arena of
+every store that a burst left mostly empty (`SessionStore.shrink`), at a moment when its model
+has no batch in flight, so no slot is referenced by a run.
 """
 
 from __future__ import annotations
@@ -34,8 +36,7 @@ class Sweeper:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self._ttl > 0:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="ttl sweeper")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="session sweeper")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -49,8 +50,16 @@ class Sweeper:
             await asyncio.sleep(self._interval)
             try:
                 self.sweep()
+                self.shrink()
             except Exception:  # keep sweeping; a failure here must not stop eviction for good
-                log.exception("TTL sweep failed")
+                log.exception("session sweep failed")
+
+    def shrink(self) -> int:
+        """Shrink every mostly empty arena whose model has no run in flight; returns how many
+        arenas shrank."""
+        return sum(
+            1 for m in self._models if m.batcher.runs_in_flight == 0 and m.store.shrink() > 0
+        )
 
     def sweep(self) -> int:
         """Evict every session idle for longer than the TTL; returns how many."""

@@ -126,6 +126,11 @@ def test_active_sessions_and_state_bytes_gauges(
         for s in meta.states
     )
     assert grown >= 3 * per_session
+    # the arena holds at least every live session's state, in whole slots
+    arena = value(mid, "rnnserve_state_arena_bytes", model=m)
+    assert arena >= value(mid, "rnnserve_state_bytes", model=m)
+    assert arena > 0
+    assert arena % per_session == 0
     assert (
         value(after, "rnnserve_sessions_ended_total", model=m, reason="close")
         - value(before, "rnnserve_sessions_ended_total", model=m, reason="close")

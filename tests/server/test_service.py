@@ -416,6 +416,46 @@ def test_idle_sessions_expire(repo: Path) -> None:
     serve(repo, body, sessions={"idle_ttl_s": 0.35, "sweep_interval_s": 0.05})
 
 
+def test_arena_shrinks_after_a_burst_and_the_survivors_continue(repo: Path) -> None:
+    """A burst grows the arena past its initial 1,024 slots; once it is over, the sweeper moves
+    the survivors (created last, so in the highest slots) down and frees the rest."""
+    N = 1100
+    keep = [N - 4, N - 3, N - 2, N - 1]
+    ids = [f"burst-{i}" for i in range(N)]
+    xs = np.stack([data(700 + i, 6) for i in range(N)])
+    labels = {"model": "gru"}
+    no_expect = np.full(N, -1, np.int64)
+
+    async def body(svc: InferenceService) -> tuple[float, float, np.ndarray]:
+        first = await svc.frame(
+            FrameInput("gru", None, ids, xs[:, :2], np.ones(N, bool), np.zeros(N, bool), no_expect)
+        )
+        assert first.errors == [None] * N
+        grown = sample(svc, "rnnserve_state_arena_bytes", labels)
+        end = np.ones(N, bool)
+        end[keep] = False  # everyone else ends with this step
+        second = await svc.frame(
+            FrameInput("gru", None, ids, xs[:, 2:3], np.zeros(N, bool), end, no_expect)
+        )
+        assert second.errors == [None] * N
+        for _ in range(100):  # the sweeper runs every 50 ms
+            if sample(svc, "rnnserve_state_arena_bytes", labels) < grown:
+                break
+            await asyncio.sleep(0.05)
+        shrunk = sample(svc, "rnnserve_state_arena_bytes", labels)
+        rest = [await svc.step(StepInput(ids[i], "gru", None, xs[i, 3:])) for i in keep]
+        assert [out.step for out in rest] == [6] * 4
+        y = np.concatenate(
+            [first.y[keep], second.y[keep], np.stack([out.y for out in rest])], axis=1
+        )
+        return grown, shrunk, y
+
+    grown, shrunk, y = serve(repo, body, sessions={"sweep_interval_s": 0.05})
+    assert grown == 2048 * H * 4
+    assert shrunk == 1024 * H * 4
+    np.testing.assert_allclose(y, offline(repo, "gru", 2, xs[keep]), atol=TOL, rtol=0)
+
+
 def test_admin_get_list_reset_close(repo: Path) -> None:
     async def body(svc: InferenceService) -> None:
         await svc.step(StepInput("m1", "gru", None, X[:4], start=True))

@@ -121,3 +121,59 @@ def test_reset_and_snapshot_round_trip() -> None:
     for name in ("h", "n", LAST_OUTPUT):
         np.testing.assert_array_equal(again.states[name], snap.states[name])
     assert again.info.last_active_unix == 300.0
+
+
+def test_shrink_compacts_live_sessions_and_frees_the_arena() -> None:
+    store, metrics = make(max_sessions=1000, initial=4)
+    ids = [f"s{i}" for i in range(64)]
+    add(store, ids)
+    assert store.capacity == 64
+    # distinct data per session, so any mix-up during the move shows
+    for i, sid in enumerate(ids):
+        slot = store.slot_of[sid]
+        store.states["h"][slot] = i
+        store.states["n"][slot] = 1000 + i
+        store.steps[slot] = 7 * i
+        assert store.last_output is not None
+        store.last_output[slot] = [i, i, i]
+    keep = ids[-5:]  # the highest slots survive: every one of them must move
+    before = {sid: store.snapshot(sid) for sid in keep}
+    store.remove(np.array([store.slot_of[s] for s in ids[:-5]], np.int64), "end", 200.0)
+    assert store.shrink() == 16  # 5 live: halved while at least half stays free (and >= 4)
+    assert store.capacity == 16
+    assert gauge(metrics, "rnnserve_state_arena_bytes") == 16 * STATE_BYTES
+    assert store.states["h"].shape == (16, 2, 4)
+    assert sorted(store.slot_of) == sorted(keep)
+    for sid in keep:
+        slot = store.slot_of[sid]
+        assert slot < 16
+        assert store.ids[slot] == sid
+        assert store.live[slot]
+        after = store.snapshot(sid)
+        snap = before[sid]
+        assert after is not None
+        assert snap is not None
+        assert after.info == snap.info
+        for name in ("h", "n", LAST_OUTPUT):
+            np.testing.assert_array_equal(after.states[name], snap.states[name])
+    assert int(store.live.sum()) == 5
+    # the free stack holds exactly the other slots, lowest first
+    fresh = store.reserve(11)
+    assert sorted(fresh.tolist()) == sorted(set(range(16)) - {store.slot_of[s] for s in keep})
+    assert fresh[0] == min(fresh)
+    assert store.reserve(1).size == 1  # grows again on demand
+    assert store.capacity == 32
+
+
+def test_shrink_waits_for_reservations_and_keeps_the_initial_size() -> None:
+    store, _ = make(max_sessions=1000, initial=4)
+    add(store, [f"s{i}" for i in range(32)])
+    store.remove(np.array(sorted(store.slot_of.values())[1:], np.int64), "end", 200.0)
+    held = store.reserve(1)  # a batch in flight holds a slot for a session it creates
+    assert store.shrink() == 0
+    assert store.capacity == 32
+    store.release(held)
+    assert store.shrink() == 4  # one live session: down to the initial size, not below
+    assert store.shrink() == 0
+    add(store, ["a", "b"])
+    assert store.shrink() == 0  # 3 of 4 live: nothing to give back
