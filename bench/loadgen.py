@@ -77,6 +77,8 @@ class LoadResult:
     setup_s: float  # from go until every session had its first reply
     server_cpu_pct: float  # percent of one core over the measured window
     client_cpu_pct: float  # all client processes together
+    p90_ms: float = float("nan")
+    p999_ms: float = float("nan")
 
 
 class _Window:
@@ -391,7 +393,9 @@ def run_load(spec: LoadSpec, clients: int = 1, server_pid: int | None = None) ->
                 p.kill()
     lat = np.array([x for r in results for x in r.latencies_s], dtype=np.float64)
     steps = sum(r.steps for r in results)
-    p50, p99 = (np.percentile(lat, [50, 99]) * 1e3).tolist() if lat.size else (float("nan"),) * 2
+    p50, p90, p99, p999 = (
+        (np.percentile(lat, [50, 90, 99, 99.9]) * 1e3).tolist() if lat.size else [math.nan] * 4
+    )
     errors = [r for r in results if r.errors]
     return LoadResult(
         spec=spec,
@@ -407,6 +411,8 @@ def run_load(spec: LoadSpec, clients: int = 1, server_pid: int | None = None) ->
         first_error=errors[0].first_error if errors else "",
         server_cpu_pct=100 * (s1 - s0) / wall if server_pid else float("nan"),
         client_cpu_pct=100 * (c1 - c0) / wall,
+        p90_ms=float(p90),
+        p999_ms=float(p999),
     )
 
 

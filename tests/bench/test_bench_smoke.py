@@ -4,6 +4,7 @@ throughput. Correctness of the harness only; no speed assertions (numbers live i
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -47,3 +48,50 @@ def test_harness_measures_echo_and_naive(tmp_path: Path) -> None:
     assert "| naive | ping-pong | 4 |" in table
     # Floors needing rnnserve are reported as not measured rather than guessed.
     assert "| rnnserve / naive steps/s, 256 sessions | –× | ≥ 1.2× | n/a |" in table
+
+
+@pytest.mark.timeout(120)
+def test_ab_rounds_compare_variants_within_each_round() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "bench.ab",
+            "--sessions", "2",
+            "--rounds", "2",
+            "--duration", "0.4",
+            "--warmup", "0.2",
+            "--model-source", "fallback",
+            "echo",
+            "workers:RNNSERVE_BATCHER__INLINE_MAX_STEPS=0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {
+        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+        for line in proc.stdout.splitlines()
+        if line.startswith("| echo ") or line.startswith("| workers:")
+    }
+    assert set(rows) == {"echo", "workers:RNNSERVE_BATCHER__INLINE_MAX_STEPS=0"}
+    echo, workers = rows["echo"], rows["workers:RNNSERVE_BATCHER__INLINE_MAX_STEPS=0"]
+    assert echo[5:8] == ["1.000", "1.000", "1.00, 1.00"]  # the baseline against itself
+    assert float(workers[0].replace(",", "")) > 0
+    assert float(workers[6]) > 0
+    assert len(workers[7].split(", ")) == 2  # one ratio per round
+    assert workers[-1] == "0"  # no errors
+    # rounds alternate the order: each variant ran first once and second once
+    order = [line.split(": ")[1] for line in proc.stderr.splitlines() if line.startswith("round")]
+    variant = "workers:RNNSERVE_BATCHER__INLINE_MAX_STEPS=0"
+    assert order == ["echo", variant, variant, "echo"]
+
+
+def test_ab_rejects_malformed_variants() -> None:
+    from bench.ab import parse_variant
+
+    assert parse_variant("x:A=1,B=2").env == {"A": "1", "B": "2"}
+    for bad in ("x:A", ":A=1", "echo:A=1", "x@/nonexistent"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_variant(bad)
