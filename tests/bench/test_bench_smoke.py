@@ -15,24 +15,29 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.timeout(120)
-def test_harness_measures_echo_and_naive(tmp_path: Path) -> None:
-    out = tmp_path / "serving.md"
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "bench.serving",
-            "--systems", "echo,naive",
-            "--sessions", "1,4",
-            "--duration", "0.5",
-            "--warmup", "0.3",
-            "--model-source", "fallback",
-            "--output", str(out),
-        ],
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m module args` from the repository root, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=110,
         check=False,
+    )
+
+
+@pytest.mark.timeout(120)
+def test_harness_measures_echo_and_naive(tmp_path: Path) -> None:
+    out = tmp_path / "serving.md"
+    proc = run_module(
+        "bench.serving",
+        "--systems", "echo,naive",
+        "--sessions", "1,4",
+        "--duration", "0.5",
+        "--warmup", "0.3",
+        "--model-source", "fallback",
+        "--output", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.with_suffix(".md.json").read_text())
@@ -52,22 +57,15 @@ def test_harness_measures_echo_and_naive(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_ab_rounds_compare_variants_within_each_round() -> None:
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "bench.ab",
-            "--sessions", "2",
-            "--rounds", "2",
-            "--duration", "0.4",
-            "--warmup", "0.2",
-            "--model-source", "fallback",
-            "echo",
-            "workers:RNNSERVE_BATCHER__INLINE_MAX_STEPS=0",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
+    proc = run_module(
+        "bench.ab",
+        "--sessions", "2",
+        "--rounds", "2",
+        "--duration", "0.4",
+        "--warmup", "0.2",
+        "--model-source", "fallback",
+        "echo",
+        "workers:RNNSERVE_BATCHER__INLINE_MAX_STEPS=0",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {

@@ -282,6 +282,22 @@ class OverlapRunner(ModelRunner):
                 self._now -= 1
 
 
+async def steps_behind_a_run(
+    r: Rig, repo: Path, first: tuple[str, np.ndarray], later: list[tuple[str, np.ndarray]]
+) -> OverlapRunner:
+    """Start session `first`, submit the `later` sessions while its run is in ORT, check every
+    result against offline; returns the rig's runner (its `peak` tells what overlapped)."""
+    runner = r.batcher.runner
+    assert isinstance(runner, OverlapRunner)
+    head = r.step(first[0], first[1], start=True)
+    await asyncio.sleep(0.01)  # the first run is in ORT
+    tail = [r.step(sid, x, start=True) for sid, x in later]
+    results: list[StepResult] = await asyncio.gather(head, *tail)
+    for (_, x), res in zip([first, *later], results, strict=True):
+        np.testing.assert_allclose(res.y, offline(repo, "gru", 2, x), atol=TOL)
+    return runner
+
+
 def test_light_partial_batches_wait_for_the_running_one_unless_allowed(repo: Path) -> None:
     xs = [data(90 + i, 1) for i in range(3)]
 
@@ -292,15 +308,9 @@ def test_light_partial_batches_wait_for_the_running_one_unless_allowed(repo: Pat
             max_in_flight=2,
             parallel_light_batches=parallel_light,
         ) as r:
-            runner = r.batcher.runner
-            assert isinstance(runner, OverlapRunner)
             # one-step messages: the second batch forms while the first runs
-            first = r.step("a", xs[0], start=True)
-            await asyncio.sleep(0.01)
-            later = [r.step(f"s{i}", xs[i], start=True) for i in (1, 2)]
-            results: list[StepResult] = await asyncio.gather(first, *later)
-            for i, res in enumerate(results):
-                np.testing.assert_allclose(res.y, offline(repo, "gru", 2, xs[i]), atol=TOL)
+            later = [(f"s{i}", xs[i]) for i in (1, 2)]
+            runner = await steps_behind_a_run(r, repo, ("a", xs[0]), later)
             light_peak, runner.peak = runner.peak, 0
             # heavy work (a frame of 16 sessions: 16 session-steps in one message) may overlap
             first = r.step("a", xs[1])
@@ -330,14 +340,8 @@ def test_on_few_cores_only_a_full_light_batch_runs_beside_another(repo: Path) ->
             max_batch_size=4,
             parallel_light_batches=False,
         ) as r:
-            runner = r.batcher.runner
-            assert isinstance(runner, OverlapRunner)
-            first = r.step("a", xs[0], start=True)
-            await asyncio.sleep(0.01)  # the first run is in ORT
-            later = [r.step(sid, xs[1 + i], start=True) for i, sid in enumerate(sessions)]
-            results: list[StepResult] = await asyncio.gather(first, *later)
-            for i, res in enumerate(results):
-                np.testing.assert_allclose(res.y, offline(repo, "gru", 2, xs[i]), atol=TOL)
+            later = [(sid, xs[1 + i]) for i, sid in enumerate(sessions)]
+            runner = await steps_behind_a_run(r, repo, ("a", xs[0]), later)
             assert r.sample("rnnserve_ort_run_seconds_count") == 2
             return runner.peak
 
