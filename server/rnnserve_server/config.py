@@ -7,7 +7,7 @@ Precedence (highest first): CLI flags, environment variables (RNNSERVE_<FIELD>, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +40,15 @@ class RuntimeSettings(BaseModel):
     )
     run_workers: int = Field(
         2, description="Threads that run ONNX Runtime (its run() releases the GIL)."
+    )
+    worker_nice: Annotated[int, Field(ge=0, le=19)] | Literal["auto"] = Field(
+        "auto",
+        description="Niceness of the ONNX Runtime worker threads (Linux; 0 = as the rest of the "
+        "server). Above 0 the event loop and gRPC's threads preempt a run, so compute fills the "
+        "time that reads and replies leave instead of delaying them. 'auto': 19 when the server "
+        "may use fewer than run_workers + 2 cores (as batcher.parallel_light_batches), else 0. "
+        "On 2 cores, 19 gave ping-pong p99 -6% (256 sessions) and -10% (64), steps/s +17% at "
+        "1024 sessions and frames +10%.",
     )
 
 

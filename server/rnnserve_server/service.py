@@ -37,7 +37,7 @@ from rnnserve_proto import model_repository_pb2
 from rnnserve_server import repository, validation
 from rnnserve_server.batcher import Batcher, FrameResult, StepResult
 from rnnserve_server.config import ServerSettings
-from rnnserve_server.cores import usable_cores
+from rnnserve_server.cores import lower_priority, usable_cores
 from rnnserve_server.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -76,14 +76,26 @@ _REASON_TEXT = {
 }
 
 
+def _few_cores(settings: ServerSettings) -> bool:
+    """Fewer usable cores (affinity and container CPU limit) than the event loop, gRPC's threads
+    and every ORT worker each want one of."""
+    return usable_cores() < settings.runtime.run_workers + 2
+
+
 def _parallel_light_batches(settings: ServerSettings) -> bool:
-    """BatcherSettings.parallel_light_batches, with 'auto' resolved against the usable cores
-    (affinity and container CPU limit): the event loop, gRPC's threads and every ORT worker
-    each want one."""
+    """BatcherSettings.parallel_light_batches, with 'auto' resolved against the usable cores."""
     choice = settings.batcher.parallel_light_batches
     if choice != "auto":
         return choice == "on"
-    return usable_cores() >= settings.runtime.run_workers + 2
+    return not _few_cores(settings)
+
+
+def _worker_nice(settings: ServerSettings) -> int:
+    """RuntimeSettings.worker_nice, with 'auto' resolved against the usable cores."""
+    choice = settings.runtime.worker_nice
+    if choice != "auto":
+        return choice
+    return 19 if _few_cores(settings) else 0
 
 
 class PendingStep(NamedTuple):
@@ -147,8 +159,18 @@ class InferenceService:
         metrics = Metrics(registry)
         found = repository.scan(settings.model_repository, settings.models or None)
         loop = asyncio.get_running_loop()
+        nice = _worker_nice(settings)
+        if nice:
+            log.info(
+                "ONNX Runtime workers run at nice %d: the event loop and gRPC preempt them "
+                "(%d usable cores)",
+                nice,
+                usable_cores(),
+            )
         executor = ThreadPoolExecutor(
-            max_workers=settings.runtime.run_workers, thread_name_prefix="rnnserve-ort"
+            max_workers=settings.runtime.run_workers,
+            thread_name_prefix="rnnserve-ort",
+            initializer=functools.partial(lower_priority, nice),
         )
         lanes = SessionLanes()
         recent = RecentEnds()

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -454,6 +457,37 @@ def test_arena_shrinks_after_a_burst_and_the_survivors_continue(repo: Path) -> N
     assert grown == 2048 * H * 4
     assert shrunk == 1024 * H * 4
     np.testing.assert_allclose(y, offline(repo, "gru", 2, xs[keep]), atol=TOL, rtol=0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux")
+def test_ort_workers_run_at_the_configured_niceness(repo: Path) -> None:
+    """runtime.worker_nice: the threads that run ONNX Runtime are nicer than the event loop."""
+
+    def nice_of(tid: int) -> int:
+        return os.getpriority(os.PRIO_PROCESS, tid)
+
+    def threads() -> set[int]:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+
+    before = threads()
+
+    async def body(svc: InferenceService) -> tuple[int, set[int], set[int]]:
+        loop_nice = nice_of(threading.get_native_id())
+        x = data(5, 4)
+        out = await svc.step(StepInput("nice", "gru", None, x, start=True))  # on a worker
+        np.testing.assert_allclose(out.y, offline(repo, "gru", 2, x), atol=TOL, rtol=0)
+        workers = threads() - before  # the service's worker threads (they load the models)
+        return loop_nice, {nice_of(t) for t in workers}, workers
+
+    loop_nice, worker_nices, workers = serve(
+        repo,
+        body,
+        runtime={"worker_nice": max(7, nice_of(threading.get_native_id()) + 1)},
+        batcher={"inline_max_steps": 0},
+    )
+    assert workers  # the pool started its threads for this service
+    assert worker_nices == {max(7, loop_nice + 1)}
+    assert nice_of(threading.get_native_id()) == loop_nice  # the loop thread kept its priority
 
 
 def test_admin_get_list_reset_close(repo: Path) -> None:

@@ -138,3 +138,26 @@ def test_parallel_light_batches_auto_follows_the_usable_cores() -> None:
     assert resolve("auto", workers) is (cores >= workers + 2)  # this machine: 2 cores, False
     with pytest.raises(ValidationError):
         ServerSettings.model_validate({"batcher": {"parallel_light_batches": "sometimes"}})
+
+
+def test_worker_nice_auto_follows_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rnnserve_server.service import _worker_nice
+
+    def resolve(choice: int | str, workers: int) -> int:
+        return _worker_nice(
+            ServerSettings.model_validate(
+                {"runtime": {"worker_nice": choice, "run_workers": workers}}
+            )
+        )
+
+    cores = usable_cores()
+    assert resolve(5, 1) == 5
+    assert resolve(0, 10_000) == 0
+    assert resolve("auto", 10_000) == 19  # more workers than cores: compute yields to I/O
+    workers = max(1, cores - 2)
+    assert resolve("auto", workers) == (0 if cores >= workers + 2 else 19)
+    for bad in (20, -1, "high"):
+        with pytest.raises(ValidationError):
+            ServerSettings.model_validate({"runtime": {"worker_nice": bad}})
+    monkeypatch.setenv("RNNSERVE_RUNTIME__WORKER_NICE", "7")
+    assert ServerSettings().runtime.worker_nice == 7
