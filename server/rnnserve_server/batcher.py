@@ -451,12 +451,11 @@ class Batcher:
         assert loop is not None
 
         def ran(done: Future[list[tuple[FloatArray, States]]]) -> None:  # on the worker thread
-            outputs = None
             if done.cancelled():  # the pool shut down before it ran
                 failure: BaseException | None = Unavailable("server is shutting down")
             else:
                 failure = done.exception()
-                outputs = None if failure is not None else done.result()
+            outputs = None if failure is not None else done.result()
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is left to answer
                 loop.call_soon_threadsafe(self._ran, run, outputs, failure)
 

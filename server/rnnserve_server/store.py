@@ -154,31 +154,13 @@ class SessionStore:
         new = min(self.max_sessions, max(old * 2, need))
         if new <= old:
             return
-
-        def grow(a: np.ndarray, fill: Any = 0) -> np.ndarray:
-            b = np.empty((new, *a.shape[1:]), a.dtype)
-            b[:old] = a
-            b[old:] = fill
-            return b
-
-        self.states = {k: grow(v) for k, v in self.states.items()}
-        if self.last_output is not None:
-            self.last_output = grow(self.last_output, np.nan)
-        self.steps = grow(self.steps)
-        self.created = grow(self.created)
-        self.last_active = grow(self.last_active)
-        self.live = grow(self.live, False)
-        ids = np.empty(new, object)
-        ids[:old] = self.ids
-        self.ids = ids
+        self._resize(new)
         free = np.empty(new, np.int64)
         added = np.arange(new - 1, old - 1, -1, dtype=np.int64)
         free[: added.size] = added
         free[added.size : added.size + self._n_free] = self._free[: self._n_free]
         self._free = free
         self._n_free += added.size
-        self.capacity = new
-        self._arena_bytes.set(new * self.state_nbytes)
         log.info(
             "session arena grown", extra={"model": self.model, "capacity": new, "previous": old}
         )
@@ -208,24 +190,36 @@ class SessionStore:
             self.ids[targets] = self.ids[movers]
             live[targets] = True
             self.slot_of.update(zip(self.ids[targets].tolist(), targets.tolist(), strict=True))
-        # Copies, so that the large arrays are freed.
-        self.states = {k: v[:new].copy() for k, v in self.states.items()}
-        if self.last_output is not None:
-            self.last_output = self.last_output[:new].copy()
-        self.steps = self.steps[:new].copy()
-        self.created = self.created[:new].copy()
-        self.last_active = self.last_active[:new].copy()
-        self.live = live[:new].copy()
-        self.ids = self.ids[:new].copy()
+        self._resize(new)
         self._free = np.flatnonzero(~self.live)[::-1].astype(np.int64)  # lowest slot on top
         self._n_free = self._free.size
-        self.capacity = new
-        self._arena_bytes.set(new * self.state_nbytes)
         log.info(
             "session arena shrunk",
             extra={"model": self.model, "capacity": new, "previous": cap, "sessions": n_live},
         )
         return new
+
+    def _resize(self, new: int) -> None:
+        """Every per-slot array at `new` slots, fresh (so a shrink frees the old ones): the first
+        min(old, new) rows kept, added rows empty (no session, no last output)."""
+        keep = min(self.capacity, new)
+
+        def resized(a: np.ndarray, fill: Any = 0) -> np.ndarray:
+            b = np.empty((new, *a.shape[1:]), a.dtype)
+            b[:keep] = a[:keep]
+            b[keep:] = fill
+            return b
+
+        self.states = {k: resized(v) for k, v in self.states.items()}
+        if self.last_output is not None:
+            self.last_output = resized(self.last_output, np.nan)
+        self.steps = resized(self.steps)
+        self.created = resized(self.created)
+        self.last_active = resized(self.last_active)
+        self.live = resized(self.live, False)
+        self.ids = resized(self.ids, None)
+        self.capacity = new
+        self._arena_bytes.set(new * self.state_nbytes)
 
     def _per_slot(self) -> list[np.ndarray]:
         """Every array indexed by slot that holds a session's data."""
