@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,24 @@ def test_ab_rejects_malformed_variants() -> None:
     for bad in ("x:A", ":A=1", "echo:A=1", "x@/nonexistent"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_variant(bad)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("echo", [False, True], ids=["rnnserve", "echo"])
+def test_stream_path_answers_every_step_and_reports_cpu_per_step(echo: bool) -> None:
+    proc = run_module(
+        "bench.stream_path",
+        "--sessions", "4",
+        "--rounds", "3",
+        "--model-source", "fallback",
+        *(["--echo"] if echo else []),
+    )  # fmt: skip
+    # A step the service failed (or left unanswered) makes the harness exit non-zero.
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    what = "echo" if echo else "rnnserve"
+    found = re.fullmatch(
+        rf"{what}: ([0-9.]+) µs of event-loop CPU per streamed step \(4 sessions, 3 rounds\)",
+        proc.stdout.strip(),
+    )
+    assert found is not None, proc.stdout
+    assert float(found.group(1)) > 0

@@ -1,0 +1,204 @@
+"""The server's streamed-step path in-process: what one ping-pong step costs the server beyond
+gRPC's transport, as CPU time or, under valgrind, as a machine-independent instruction count.
+
+    python -m bench.stream_path [--sessions 256] [--rounds 40] [--instructions]
+
+Each round sends one step for each of N sessions through the Stream servicer's own code
+(`StreamSteps` over `InferenceService`, the batcher and ONNX Runtime): requests are parsed from
+wire bytes and replies serialized, as gRPC's (de)serializers do, and the round ends when every
+reply is out. `--echo` does only what the echo server does per message (parse, build the same
+reply, serialize), so the difference is rnnserve's own per-step work.
+
+Why: on a shared 2-core VM the ping-pong benchmark's rounds vary by +-15 %, far more than most
+hot-path changes save. `--instructions` runs this module twice under `valgrind --tool=callgrind`
+(with 5 rounds and with 5 + --rounds) and reports the difference per step: the same count on
+every run of the same code (about 0.5 % apart), whatever else the machine does. It includes ONNX
+Runtime's share (about 70k instructions per step of the 2-layer GRU at batch 256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from bench.model import BenchModel, ensure_model, load_model
+from bench.serverutil import resolve_loop
+from rnnserve_proto import rnnserve_pb2 as pb
+from rnnserve_server.config import ServerSettings
+from rnnserve_server.errors import RnnServeError
+from rnnserve_server.event_loop import run_on_event_loop
+from rnnserve_server.grpc_api.recording import Recorder
+from rnnserve_server.grpc_api.stream_steps import StreamSteps
+from rnnserve_server.service import InferenceService
+
+WARM_ROUNDS = 5  # the instruction count's baseline run (start-up, first runs, allocations)
+
+
+def request_bytes(model: BenchModel, i: int, start: bool) -> bytes:
+    features = model.metadata.input_features
+    x = np.random.default_rng(i).standard_normal((1, features), dtype=np.float32)
+    request = pb.StepRequest(
+        session_id=f"sess-{i:05d}",
+        model=model.name,
+        request_id=f"r{i}",
+        input=pb.Tensor(shape=[1, features], data=x.tobytes()),
+        start=start,
+    )
+    return pb.StreamRequest(step=request).SerializeToString()
+
+
+def echo_reply(request: pb.StepRequest) -> bytes:
+    """What bench/echo_server.py does for a step, serialization included."""
+    reply = pb.StepResponse(
+        session_id=request.session_id,
+        request_id=request.request_id,
+        output=request.input,
+        step=1,
+        model=request.model,
+        model_version=1,
+    )
+    return pb.StreamResponse(step=reply).SerializeToString()
+
+
+async def run_rounds(model: BenchModel, sessions: int, rounds: int, echo: bool) -> float:
+    """Run the rounds; returns CPU seconds of this thread (the event loop's) spent in them."""
+    first = [request_bytes(model, i, True) for i in range(sessions)]
+    later = [request_bytes(model, i, False) for i in range(sessions)]
+    if echo:
+        cpu = time.thread_time()
+        for r in range(rounds):
+            for wire in first if r == 0 else later:
+                request = pb.StreamRequest.FromString(wire)
+                if request.WhichOneof("kind") == "step":
+                    echo_reply(request.step)
+        return time.thread_time() - cpu
+
+    settings = ServerSettings(
+        model_repository=model.repository,
+        models=[model.name],
+        runtime={"providers": ["cpu"]},
+    )
+    service = await InferenceService.create(settings, registry=CollectorRegistry())
+    recorder = Recorder(service.metrics, [model.name])
+    answered = 0
+    all_answered = asyncio.Event()
+    failures: list[str] = []
+
+    def put(reply: pb.StreamResponse | None) -> None:
+        nonlocal answered
+        if reply is not None:
+            reply.SerializeToString()
+        answered += 1
+        if answered == sessions:
+            all_answered.set()
+
+    def reply_error(request: pb.StepRequest, error: RnnServeError, started: float) -> None:
+        failures.append(f"{request.session_id}: {error}")
+        put(None)
+
+    streams = [StreamSteps(service, recorder, put, reply_error) for _ in range(sessions)]
+    try:
+        cpu = time.thread_time()
+        for r in range(rounds):
+            answered = 0
+            all_answered.clear()
+            for stream, wire in zip(streams, first if r == 0 else later, strict=True):
+                request = pb.StreamRequest.FromString(wire)
+                if request.WhichOneof("kind") == "step":
+                    stream.submit(request.step)
+            await all_answered.wait()
+        spent = time.thread_time() - cpu
+    finally:
+        await service.close(5.0)
+    if failures:
+        raise RuntimeError(f"{len(failures)} steps failed, first: {failures[0]}")
+    return spent
+
+
+def count_instructions(argv_tail: list[str], rounds: int) -> int:
+    """Instructions callgrind counted for a whole run of this module with `rounds` rounds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={Path(tmp) / 'callgrind.out'}",
+            sys.executable,
+            "-m",
+            "bench.stream_path",
+            *argv_tail,
+            "--rounds",
+            str(rounds),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    found = re.search(r"Collected : (\d+)", proc.stderr)
+    if proc.returncode != 0 or found is None:
+        raise RuntimeError(f"valgrind run failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def instructions_per_step(argv_tail: list[str], sessions: int, rounds: int) -> float:
+    """Two whole runs, side by side (valgrind is single-threaded and slow); their difference
+    is the measured rounds' share."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        base = pool.submit(count_instructions, argv_tail, WARM_ROUNDS)
+        full = count_instructions(argv_tail, WARM_ROUNDS + rounds)
+        return (full - base.result()) / (rounds * sessions)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.stream_path", description=__doc__)
+    p.add_argument("--sessions", type=int, default=256, help="sessions, one step each per round")
+    p.add_argument("--rounds", type=int, default=40, help="measured rounds")
+    p.add_argument("--echo", action="store_true", help="only the echo server's per-message work")
+    p.add_argument("--instructions", action="store_true", help="count instructions (valgrind)")
+    p.add_argument("--model-repository", help="use this repository's gru_bench")
+    p.add_argument(
+        "--model-source",
+        choices=["auto", "cli", "fallback"],
+        default="auto",
+        help="without --model-repository: how to make gru_bench (see bench.model)",
+    )
+    args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="rnnserve-stream-path-"))
+    try:
+        if args.model_repository:
+            model = load_model(Path(args.model_repository))
+            repository = args.model_repository
+        else:
+            model = ensure_model(work / "repository", args.model_source)
+            repository = str(model.repository)
+        if args.instructions:
+            if shutil.which("valgrind") is None:
+                p.error("--instructions needs valgrind (Debian: apt-get install valgrind)")
+            tail = ["--sessions", str(args.sessions), "--model-repository", repository]
+            tail += ["--echo"] if args.echo else []
+            per_step = instructions_per_step(tail, args.sessions, args.rounds)
+            what = "echo" if args.echo else "rnnserve"
+            print(f"{what}: {per_step:,.0f} instructions per streamed step "
+                  f"({args.sessions} sessions, {args.rounds} rounds, callgrind)")  # fmt: skip
+            return 0
+        spent = run_on_event_loop(
+            run_rounds(model, args.sessions, args.rounds, args.echo), resolve_loop("auto")
+        )
+        steps = args.sessions * args.rounds
+        what = "echo" if args.echo else "rnnserve"
+        print(f"{what}: {spent / steps * 1e6:.2f} µs of event-loop CPU per streamed step "
+              f"({args.sessions} sessions, {args.rounds} rounds)")  # fmt: skip
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
