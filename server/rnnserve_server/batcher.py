@@ -90,7 +90,12 @@ class Chunk(Work):
         future: Outcome,
         flags: int,
     ) -> None:
-        super().__init__(ids, future, batcher)
+        # Work's fields, set here rather than through super().__init__: one call less per step.
+        self.ids = ids
+        self.future = future
+        self.owner = batcher
+        self.blocked = 0
+        self.waiters = None
         self.x = x
         self.start = start
         self.end = end

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -96,14 +96,6 @@ def _worker_nice(settings: ServerSettings) -> int:
     if choice != "auto":
         return choice
     return 19 if _few_cores(settings) else 0
-
-
-class PendingStep(NamedTuple):
-    """Where a chunk accepted by `submit_step` went (its result goes to the caller's outcome)."""
-
-    session_id: str  # the server-assigned id when the request had none
-    model: str
-    version: int
 
 
 class LoadedModel:
@@ -317,15 +309,17 @@ class InferenceService:
     # -- inference ---------------------------------------------------------------------------------
     async def step(self, request: StepInput) -> StepOutput:
         future: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
-        pending = self.submit_step(request, future)
+        session_id, model, version = self.submit_step(request, future)
         res = await future
-        return StepOutput(pending.session_id, pending.model, pending.version, res.y, res.step)
+        return StepOutput(session_id, model, version, res.y, res.step)
 
-    def submit_step(self, request: StepInput, outcome: Outcome) -> PendingStep:
+    def submit_step(self, request: StepInput, outcome: Outcome) -> tuple[str, str, int]:
         """`step` without the await: validate and queue the chunk now (raising RnnServeError for
         a rejection, before any state is touched); its StepResult or RnnServeError goes to
         `outcome` later. Streams pass an object that answers when the batcher resolves it: no
-        task and no event-loop hop per message."""
+        task and no event-loop hop per message. Returns where the chunk went: (session id, the
+        server-assigned one when the request had none; model; version), a plain tuple (a
+        NamedTuple costs half a microsecond more per step)."""
         # The hot path: a handful of cheap checks, each with a slow path that explains.
         if self._closing:
             raise Unavailable("server is shutting down")
@@ -359,7 +353,7 @@ class InferenceService:
             m = self._route(sid, request.model, version)
         # NaN/Inf are checked by the batcher, vectorised over the whole batch.
         m.batcher.submit_step(sid, x, request.start, request.end, expected, outcome)
-        return PendingStep(sid, m.name, m.version)
+        return sid, m.name, m.version
 
     async def frame(self, request: FrameInput) -> FrameOutput:
         """Per-session failures are reported in FrameOutput.errors; only frame-wide problems
