@@ -62,12 +62,13 @@ _TRUE1 = np.ones(1, np.bool_)
 _FALSE1 = np.zeros(1, np.bool_)
 _NO_EXPECT1 = np.full(1, -1, np.int64)
 _NO_ROWS = np.empty(0, np.int64)
+_NO_X = np.empty((0, 0, 0), np.float32)
 # An inline run blocks the event loop (every stream, health checks): a model whose tiny runs take
 # longer than this on average goes back to the worker threads for good.
 _INLINE_BUDGET_S = 0.001
 # Session-steps per message from which a partial batch counts as ORT work (see _may_start).
 _HEAVY_STEPS_PER_MESSAGE = 8
-for _a in (_TRUE1, _FALSE1, _NO_EXPECT1, _NO_ROWS):
+for _a in (_TRUE1, _FALSE1, _NO_EXPECT1, _NO_ROWS, _NO_X):
     _a.flags.writeable = False
 # Chunk.flags: which per-row options are used at all (lets batches skip whole checks).
 _START, _END, _EXPECT = 1, 2, 4
@@ -131,7 +132,7 @@ class _Group:
 
     __slots__ = (
         "T", "end", "errors", "flags", "ids", "items", "n_ok", "new_rows", "new_slots", "ok_rows",
-        "prior", "slots_ok", "start", "states_in", "x_ok",
+        "prior", "prior_one", "slot", "slots_ok", "start", "states_in", "x_ok",
     )  # fmt: skip
 
     def __init__(self, items: list[Chunk]) -> None:
@@ -148,8 +149,11 @@ class _Group:
         self.ok_rows: IntArray | None = None  # rows that run; None: all of them
         self.n_ok = 0
         self.slots_ok: IntArray = _NO_ROWS
-        self.x_ok: FloatArray = np.empty((0, self.T, 0), np.float32)
+        self.x_ok: FloatArray = _NO_X
         self.states_in: States = {}
+        # One live session's plain step (see Batcher._prepare_one): its slot and step count.
+        self.slot = -1
+        self.prior_one = 0
 
 
 class _Run:
@@ -582,6 +586,8 @@ class Batcher:
         items = g.items
         if len(items) == 1:
             c = items[0]
+            if len(c.ids) == 1 and not c.flags and not c.frame and self._prepare_one(g, c):
+                return
             ids, x, start, end, expected, flags = c.ids, c.x, c.start, c.end, c.expected, c.flags
         else:
             ids = [s for c in items for s in c.ids]
@@ -648,6 +654,44 @@ class Batcher:
                 arr[start_ok] = store.initial[name]
         g.states_in = states
 
+    def _prepare_one(self, g: _Group, c: Chunk) -> bool:
+        """`_prepare` for the commonest batch at low load: one step of one live session with no
+        flags. Scalar indexing instead of the vectorised path's two dozen small numpy calls;
+        False (nothing done) when the general path must look closer (a new or missing session,
+        non-finite input)."""
+        store = self.store
+        slot = store.slot_of.get(c.ids[0])
+        if slot is None:
+            return False
+        x = c.x
+        if self._reject_non_finite and not math.isfinite(float(x.sum(dtype=np.float64))):
+            return False
+        g.ids = c.ids
+        g.slot = slot
+        g.prior_one = int(store.steps[slot])
+        g.n_ok = 1
+        g.x_ok = x
+        # Views of the arena rows: the session is busy in its lane, so nothing writes its row
+        # before _resolve_one, and a resized arena leaves the view on the old, intact buffer.
+        g.states_in = {name: arr[slot : slot + 1] for name, arr in store.states.items()}
+        return True
+
+    def _resolve_one(self, g: _Group, y: FloatArray, states_out: States, now: float) -> None:
+        """`_resolve` for a group `_prepare_one` made."""
+        store = self.store
+        slot = g.slot
+        for name, arr in store.states.items():
+            arr[slot] = states_out[name][0]
+        after = g.prior_one + g.T
+        store.steps[slot] = after
+        store.last_active[slot] = now
+        if store.last_output is not None:
+            store.last_output[slot] = y[0, -1]
+        c = g.items[0]
+        if not c.future.done():
+            c.future.set_result(StepResult(y[0], after))
+        self._finish(c)
+
     def _create(self, g: _Group, slots: IntArray, creating: BoolArray, now: float) -> None:
         """Reserve slots for the rows that start new sessions (evicting LRU sessions when
         configured); rows that find no room fail with RESOURCE_EXHAUSTED."""
@@ -688,6 +732,9 @@ class Batcher:
 
     def _resolve(self, g: _Group, res: tuple[FloatArray, States] | None, now: float | None) -> None:
         """Scatter a run's results into the store and answer every chunk of the group."""
+        if g.slot >= 0 and res is not None and now is not None:
+            self._resolve_one(g, res[0], res[1], now)
+            return
         store = self.store
         ids = g.ids
         ok_rows = g.ok_rows
