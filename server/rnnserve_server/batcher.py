@@ -63,6 +63,7 @@ _FALSE1 = np.zeros(1, np.bool_)
 _NO_EXPECT1 = np.full(1, -1, np.int64)
 _NO_ROWS = np.empty(0, np.int64)
 _NO_X = np.empty((0, 0, 0), np.float32)
+_ADD_REDUCE = np.add.reduce
 # An inline run blocks the event loop (every stream, health checks): a model whose tiny runs take
 # longer than this on average goes back to the worker threads for good.
 _INLINE_BUDGET_S = 0.001
@@ -609,8 +610,8 @@ class Batcher:
             prior[missing] = -1
         g.prior = prior
         errors = g.errors
-        if self._reject_non_finite and not math.isfinite(float(x.sum(dtype=np.float64))):
-            # The sum is finite iff every value is; only now look row by row.
+        if self._reject_non_finite and not _all_finite_quick(x):
+            # Only now look row by row.
             finite = np.isfinite(x.sum(axis=(1, 2), dtype=np.float64))
             for r in np.flatnonzero(~finite).tolist():
                 idx = np.argwhere(~np.isfinite(x[r]))[0].tolist()
@@ -664,7 +665,7 @@ class Batcher:
         if slot is None:
             return False
         x = c.x
-        if self._reject_non_finite and not math.isfinite(float(x.sum(dtype=np.float64))):
+        if self._reject_non_finite and not _all_finite_quick(x):
             return False
         g.ids = c.ids
         g.slot = slot
@@ -815,6 +816,13 @@ class Batcher:
             if off <= r < off + n:
                 errs[r - off] = err
         return FrameResult(y, steps, errs)
+
+
+def _all_finite_quick(x: FloatArray) -> bool:
+    """True when every value is finite: a NaN or Inf makes the sum non-finite, and a float64
+    sum of float32 values cannot overflow. np.add.reduce skips ndarray.sum's Python wrapper,
+    a third of the check for a one-step chunk."""
+    return math.isfinite(float(_ADD_REDUCE(x, None, np.float64)))
 
 
 def _mask(n: int, rows: dict[int, Any]) -> BoolArray:
