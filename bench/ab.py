@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.loadgen import LoadResult, LoadSpec, run_load
-from bench.model import BenchModel, describe, ensure_model, load_model
+from bench.model import BenchModel, add_model_source_argument, describe, ensure_model, load_model
 from bench.servers import ServerProcess, python_module, rnnserve_command, wait_model_ready
 from bench.serverutil import add_loop_argument, resolve_loop
 
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=1, help="load generator processes")
     p.add_argument("--model-repository", help="use this repository's --model")
     p.add_argument("--model", default="gru_bench")
-    p.add_argument("--model-source", choices=["auto", "cli", "fallback"], default="auto")
+    add_model_source_argument(p)
     add_loop_argument(p)
     args = p.parse_args(argv)
     args.loop_name = resolve_loop(args.loop)

@@ -23,7 +23,8 @@ from bench.serverutil import (
 from rnnserve_proto import rnnserve_pb2, rnnserve_pb2_grpc
 
 
-def _echo_step(req: rnnserve_pb2.StepRequest) -> rnnserve_pb2.StepResponse:
+def echo_step(req: rnnserve_pb2.StepRequest) -> rnnserve_pb2.StepResponse:
+    """The echo reply to a step: its input back as the output (same size: 16 in, 16 out)."""
     return rnnserve_pb2.StepResponse(
         session_id=req.session_id,
         request_id=req.request_id,
@@ -56,7 +57,7 @@ class EchoInference(rnnserve_pb2_grpc.InferenceServicer):
     ) -> AsyncIterator[rnnserve_pb2.StreamResponse]:
         async for req in request_iterator:
             if req.HasField("step"):
-                yield rnnserve_pb2.StreamResponse(step=_echo_step(req.step))
+                yield rnnserve_pb2.StreamResponse(step=echo_step(req.step))
             else:
                 yield rnnserve_pb2.StreamResponse(frame=_echo_frame(req.frame))
 
@@ -65,7 +66,7 @@ class EchoInference(rnnserve_pb2_grpc.InferenceServicer):
         request: rnnserve_pb2.StepRequest,
         context: grpc.aio.ServicerContext[rnnserve_pb2.StepRequest, rnnserve_pb2.StepResponse],
     ) -> rnnserve_pb2.StepResponse:
-        return _echo_step(request)
+        return echo_step(request)
 
 
 async def _main(host: str, port: int) -> None:

@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 
 from bench.loadgen import EOF
-from bench.model import BenchModel, ensure_model, load_model
+from bench.model import BenchModel, add_model_source_argument, ensure_model, load_model
 from bench.procstat import rss_bytes
 from bench.servers import ServerProcess, rnnserve_command, wait_model_ready
 from bench.serverutil import LOOP_CHOICES
@@ -117,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-repository", default=None, help="default: build one in a tmpdir")
     parser.add_argument("--model", default="gru_bench")
-    parser.add_argument("--model-source", choices=["auto", "cli", "fallback"], default="auto")
+    add_model_source_argument(parser)
     parser.add_argument("--sessions", type=int, default=100_000)
     parser.add_argument("--frame", type=int, default=1024)
     parser.add_argument("--gpu", action="store_true")

@@ -8,6 +8,7 @@ follows the ONNX graph contract of model_repository.proto: input `x` [B, T, 16],
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -223,6 +224,16 @@ def ensure_model(repository: Path, how: str = "auto", name: str = MODEL_NAME) ->
     shutil.rmtree(repository / name, ignore_errors=True)
     build_fallback(repository, name)
     return load_model(repository, name, "bench.model fallback (onnx.helper)")
+
+
+def add_model_source_argument(parser: argparse.ArgumentParser) -> None:
+    """--model-source, as every bench entry point takes it (see ensure_model)."""
+    parser.add_argument(
+        "--model-source",
+        choices=["auto", "cli", "fallback"],
+        default="auto",
+        help="auto: `rnnserve-train export`, else the onnx.helper fallback (no torch)",
+    )
 
 
 def describe(model: BenchModel) -> str:

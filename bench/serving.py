@@ -38,7 +38,7 @@ from pathlib import Path
 
 from bench import compute_floor, memory
 from bench.loadgen import LoadResult, LoadSpec, run_load
-from bench.model import BenchModel, describe, ensure_model, load_model
+from bench.model import BenchModel, add_model_source_argument, describe, ensure_model, load_model
 from bench.procstat import loadavg
 from bench.servers import (
     ServerProcess,
@@ -537,12 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu", action="store_true", help="CUDA execution provider for every system")
     p.add_argument("--model-repository", default=None, help="use this repository's --model")
     p.add_argument("--model", default="gru_bench")
-    p.add_argument(
-        "--model-source",
-        choices=["auto", "cli", "fallback"],
-        default="auto",
-        help="auto: `rnnserve-train export`, else the onnx.helper fallback",
-    )
+    add_model_source_argument(p)
     p.add_argument(
         "--rnnserve-arg",
         action="append",

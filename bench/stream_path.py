@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from bench.model import BenchModel, ensure_model, load_model
+from bench.echo_server import echo_step
+from bench.model import BenchModel, add_model_source_argument, ensure_model, load_model
 from bench.serverutil import resolve_loop
 from rnnserve_proto import rnnserve_pb2 as pb
 from rnnserve_server.config import ServerSettings
@@ -60,15 +61,7 @@ def request_bytes(model: BenchModel, i: int, start: bool) -> bytes:
 
 def echo_reply(request: pb.StepRequest) -> bytes:
     """What bench/echo_server.py does for a step, serialization included."""
-    reply = pb.StepResponse(
-        session_id=request.session_id,
-        request_id=request.request_id,
-        output=request.input,
-        step=1,
-        model=request.model,
-        model_version=1,
-    )
-    return pb.StreamResponse(step=reply).SerializeToString()
+    return pb.StreamResponse(step=echo_step(request)).SerializeToString()
 
 
 async def run_rounds(model: BenchModel, sessions: int, rounds: int, echo: bool) -> float:
@@ -163,12 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--echo", action="store_true", help="only the echo server's per-message work")
     p.add_argument("--instructions", action="store_true", help="count instructions (valgrind)")
     p.add_argument("--model-repository", help="use this repository's gru_bench")
-    p.add_argument(
-        "--model-source",
-        choices=["auto", "cli", "fallback"],
-        default="auto",
-        help="without --model-repository: how to make gru_bench (see bench.model)",
-    )
+    add_model_source_argument(p)
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="rnnserve-stream-path-"))
     try:
