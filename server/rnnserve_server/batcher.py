@@ -92,12 +92,7 @@ class Chunk(Work):
         future: Outcome,
         flags: int,
     ) -> None:
-        # Work's fields, set here rather than through super().__init__: one call less per step.
-        self.ids = ids
-        self.future = future
-        self.owner = batcher
-        self.blocked = 0
-        self.waiters = None
+        super().__init__(ids, future, batcher)
         self.x = x
         self.start = start
         self.end = end
