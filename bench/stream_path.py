@@ -162,17 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.model_repository:
             model = load_model(Path(args.model_repository))
-            repository = args.model_repository
         else:
             model = ensure_model(work / "repository", args.model_source)
-            repository = str(model.repository)
+        what = "echo" if args.echo else "rnnserve"
         if args.instructions:
             if shutil.which("valgrind") is None:
                 p.error("--instructions needs valgrind (Debian: apt-get install valgrind)")
-            tail = ["--sessions", str(args.sessions), "--model-repository", repository]
+            tail = ["--sessions", str(args.sessions), "--model-repository", str(model.repository)]
             tail += ["--echo"] if args.echo else []
             per_step = instructions_per_step(tail, args.sessions, args.rounds)
-            what = "echo" if args.echo else "rnnserve"
             print(f"{what}: {per_step:,.0f} instructions per streamed step "
                   f"({args.sessions} sessions, {args.rounds} rounds, callgrind)")  # fmt: skip
             return 0
@@ -180,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
             run_rounds(model, args.sessions, args.rounds, args.echo), resolve_loop("auto")
         )
         steps = args.sessions * args.rounds
-        what = "echo" if args.echo else "rnnserve"
         print(f"{what}: {spent / steps * 1e6:.2f} µs of event-loop CPU per streamed step "
               f"({args.sessions} sessions, {args.rounds} rounds)")  # fmt: skip
         return 0
