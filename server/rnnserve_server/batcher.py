@@ -7,7 +7,9 @@ batch to fill; with 0 it takes whatever arrived while the previous run was in fl
 them against the session store, gathers states and hands the run to the shared thread pool (one
 ORT run per distinct chunk length T); when the run is done it scatters states back and resolves
 the chunks. An ORT error fails that batch's chunks with INTERNAL and leaves their sessions
-untouched.
+untouched; rows whose outputs or new state come out NaN or Inf from finite input (a model
+overflowed by values far outside its range) fail alone with INVALID_ARGUMENT, unapplied, so a
+session's state is never poisoned for every later step.
 
 It is driven by plain loop callbacks, not a task: a batch starts one loop iteration after its
 work became ready and is answered one iteration after ORT returns. Under ping-pong load an
@@ -674,6 +676,12 @@ class Batcher:
 
     def _resolve_one(self, g: _Group, y: FloatArray, states_out: States, now: float) -> None:
         """`_resolve` for a group `_prepare_one` made."""
+        c = g.items[0]
+        if self._reject_non_finite and not _results_finite(y, states_out):
+            if not c.future.done():
+                c.future.set_exception(self._non_finite_result(g.ids[0], y[0], states_out, 0))
+            self._finish(c)
+            return
         store = self.store
         slot = g.slot
         for name, arr in store.states.items():
@@ -683,7 +691,6 @@ class Batcher:
         store.last_active[slot] = now
         if store.last_output is not None:
             store.last_output[slot] = y[0, -1]
-        c = g.items[0]
         if not c.future.done():
             c.future.set_result(StepResult(y[0], after))
         self._finish(c)
@@ -733,12 +740,15 @@ class Batcher:
             return
         store = self.store
         ids = g.ids
-        ok_rows = g.ok_rows
         flags = g.flags
         y_ok: FloatArray | None = None
         after = _NO_ROWS
         if res is not None and now is not None and g.n_ok:
             y_ok, states_out = res
+            if self._reject_non_finite and not _results_finite(y_ok, states_out):
+                y_ok, states_out = self._drop_non_finite(g, y_ok, states_out)
+        ok_rows = g.ok_rows
+        if y_ok is not None and now is not None and g.n_ok:
             if g.new_rows.size:
                 store.commit_new([ids[r] for r in g.new_rows.tolist()], g.new_slots, now)
             slots_ok = g.slots_ok
@@ -785,6 +795,45 @@ class Batcher:
             self._finish(c)
             off += n
 
+    def _drop_non_finite(
+        self, g: _Group, y_ok: FloatArray, states_out: States
+    ) -> tuple[FloatArray, States]:
+        """Fail the rows whose outputs or new state came out NaN or Inf, like rejected input:
+        their sessions stay exactly as they were (a session about to be created is not). Returns
+        the rows that remain; g's bookkeeping of which rows run is narrowed to them."""
+        bad = ~_rows_finite(y_ok)
+        for arr in states_out.values():
+            bad |= ~_rows_finite(arr)
+        rows = np.arange(len(g.ids)) if g.ok_rows is None else g.ok_rows
+        for p in np.flatnonzero(bad).tolist():
+            r = int(rows[p])
+            g.errors[r] = self._non_finite_result(g.ids[r], y_ok[p], states_out, p)
+        if g.new_rows.size:
+            dropped = np.isin(g.new_rows, rows[bad])
+            if dropped.any():
+                self.store.release(g.new_slots[dropped])
+                g.new_rows, g.new_slots = g.new_rows[~dropped], g.new_slots[~dropped]
+        keep = np.flatnonzero(~bad)
+        g.ok_rows, g.slots_ok, g.n_ok = rows[keep], g.slots_ok[keep], keep.size
+        return y_ok[keep], {name: arr[keep] for name, arr in states_out.items()}
+
+    def _non_finite_result(
+        self, session_id: str, y: FloatArray, states_out: States, row: int
+    ) -> InvalidArgument:
+        """Why a chunk whose (finite) input drove the model to NaN or Inf was not applied."""
+        parts = [] if np.isfinite(y).all() else ["outputs"]
+        parts += [
+            f"state {name!r}"
+            for name, a in states_out.items()
+            if not _rows_finite(a[row : row + 1])[0]
+        ]
+        what = " and ".join(parts)
+        return InvalidArgument(
+            f"session {session_id!r}, model {self.model!r}: the chunk's input is finite but "
+            f"its {what} came out NaN or Inf (values far outside what the model was trained on "
+            "overflow it); the chunk was not applied and the session is unchanged"
+        )
+
     def _frame_result(
         self,
         g: _Group,
@@ -818,6 +867,21 @@ def _all_finite_quick(x: FloatArray) -> bool:
     sum of float32 values cannot overflow. np.add.reduce skips ndarray.sum's Python wrapper,
     a third of the check for a one-step chunk."""
     return math.isfinite(float(_ADD_REDUCE(x, None, np.float64)))
+
+
+def _results_finite(y: FloatArray, states: States) -> bool:
+    """A run's outputs and new float states hold no NaN or Inf (integer states always pass)."""
+    if not _all_finite_quick(y):
+        return False
+    return all(a.dtype.kind != "f" or _all_finite_quick(a) for a in states.values())
+
+
+def _rows_finite(a: npt.NDArray[Any]) -> BoolArray:
+    """Per row (first axis): no NaN or Inf in it."""
+    if a.dtype.kind != "f":
+        return np.ones(a.shape[0], np.bool_)
+    finite: BoolArray = np.isfinite(a.reshape(a.shape[0], -1).sum(axis=1, dtype=np.float64))
+    return finite
 
 
 def _mask(n: int, rows: dict[int, Any]) -> BoolArray:

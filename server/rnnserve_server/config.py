@@ -114,7 +114,13 @@ class LimitSettings(BaseModel):
     max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent."
     )
-    allow_non_finite: bool = Field(False, description="Accept NaN/Inf inputs instead of rejecting.")
+    allow_non_finite: bool = Field(
+        False,
+        description=(
+            "Accept NaN/Inf inputs instead of rejecting them; when false, a chunk whose outputs "
+            "or new state come out NaN/Inf is refused too and not applied."
+        ),
+    )
 
 
 class ServerSettings(BaseSettings):

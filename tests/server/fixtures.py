@@ -6,6 +6,8 @@ The graphs follow the repository contract (batch-major state tensors named `<sta
   with a non-identity normalisation.
 - `counter`: an int64 scalar state counting steps; y[b, t] = x[b, t] + (count[b] + t).
 - `whole`: a whole-sequence (non-streaming) model, y = x - mean over time of x.
+- `accumulator`: a float32 state `s` [F] that sums its inputs; y[b, t] = s[b] + x[b, 0..t] summed.
+  Finite inputs can overflow it (two steps of 3e38 make inf), unlike the saturating GRU.
 """
 
 from __future__ import annotations
@@ -100,6 +102,34 @@ def _counter_graph() -> onnx.ModelProto:
         [
             helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", F]),
             helper.make_tensor_value_info("count_out", TensorProto.INT64, ["B"]),
+        ],
+        inits,
+    )
+    return _model(graph)
+
+
+def _accumulator_graph() -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("CumSum", ["x", "time_axis"], ["sums"]),  # [B, T, F]
+        helper.make_node("Unsqueeze", ["s_in", "one_1d"], ["s3"]),  # [B, 1, F]
+        helper.make_node("Add", ["sums", "s3"], ["y"]),
+        helper.make_node("Gather", ["y", "last"], ["s_out"], axis=1),  # [B, F]
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(1, np.int64), "time_axis"),
+        numpy_helper.from_array(np.array([1], np.int64), "one_1d"),
+        numpy_helper.from_array(np.array(-1, np.int64), "last"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "accumulator",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", F]),
+            helper.make_tensor_value_info("s_in", TensorProto.FLOAT, ["B", F]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", F]),
+            helper.make_tensor_value_info("s_out", TensorProto.FLOAT, ["B", F]),
         ],
         inits,
     )
@@ -203,6 +233,26 @@ def build_repository(root: Path) -> Path:
                     shape=[],
                     dtype=mr.INT64,
                     initial_value=0,
+                )
+            ],
+        ),
+    )
+    _write(
+        root,
+        _accumulator_graph(),
+        _meta(
+            "accumulator",
+            1,
+            "rnn",
+            streaming=True,
+            states=[
+                mr.StateTensor(
+                    name="s",
+                    input_name="s_in",
+                    output_name="s_out",
+                    shape=[F],
+                    dtype=mr.FLOAT32,
+                    initial_value=0.0,
                 )
             ],
         ),

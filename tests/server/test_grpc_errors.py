@@ -125,6 +125,35 @@ def test_bad_input_gets_its_code_and_leaves_the_session_unchanged(
     assert_close(y, offline(repository, meta.name, meta.version, x))
 
 
+def test_finite_input_that_overflows_the_model_is_refused_and_changes_nothing(
+    fixture_stubs: Stubs, fixture_repository: Path
+) -> None:
+    """`accumulator` sums its inputs into its state: a second 3e38 makes inf from finite input.
+    The chunk is refused on its reply, the stream goes on, and the session continues as if the
+    chunk had never been sent."""
+    big = np.full((1, 3), 3e38, np.float32)
+    one = np.ones((1, 3), np.float32)
+    replies = run_stream(
+        fixture_stubs.inference,
+        [
+            step_request("overflow", "accumulator", big, start=True, request_id="a"),
+            step_request("overflow", "accumulator", big, request_id="bad"),
+            step_request("overflow", "accumulator", -big, request_id="b"),
+            step_request("overflow", "accumulator", one, request_id="c"),
+        ],
+    )
+    assert [r.step.request_id for r in replies] == ["a", "bad", "b", "c"]
+    bad = replies[1].step
+    assert bad.status.code == C.INVALID_ARGUMENT.value[0], bad.status.message
+    assert "came out NaN or Inf" in bad.status.message
+    assert bad.step == 1
+    assert not bad.output.data
+    assert [r.step.step for r in replies[2:]] == [2, 3]
+    y = np.concatenate([array(r.step.output) for r in (replies[0], *replies[2:])])
+    expected = offline(fixture_repository, "accumulator", 1, np.concatenate([big, -big, one]))
+    np.testing.assert_array_equal(y, expected)
+
+
 @pytest.mark.parametrize(
     ("session_id", "fragment"),
     [("has space", "' '"), ("x" * 129, "129 characters"), ("naïve", "ï")],

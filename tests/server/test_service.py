@@ -291,6 +291,88 @@ def test_rejected_frame_rows_leave_state_unchanged(repo: Path) -> None:
     serve(repo, body)
 
 
+BIG = 3e38  # finite float32, but two of them overflow the accumulator's sum
+ONES = np.ones((1, 3), np.float32)
+
+
+def test_chunk_that_drives_the_state_to_inf_is_rejected_and_changes_nothing(repo: Path) -> None:
+    """One live session's plain step (the batcher's one-row path): the second BIG overflows."""
+
+    async def body(svc: InferenceService) -> None:
+        await svc.step(StepInput("acc", "accumulator", None, ONES, start=True))
+        await svc.step(StepInput("acc", "accumulator", None, ONES * BIG))
+        before = svc.get_session("acc")
+        await asyncio.sleep(0.01)  # a touched timestamp would differ
+        for chunk in (ONES * BIG, np.concatenate([ONES, ONES * BIG])):
+            with pytest.raises(RnnServeError) as info:
+                await svc.step(StepInput("acc", "accumulator", None, chunk))
+            assert info.value.code == ErrorCode.INVALID_ARGUMENT
+            assert "its outputs and state 's' came out NaN or Inf" in info.value.message
+            assert "session is unchanged" in info.value.message
+            assert svc.get_session("acc") == before
+        # One step per chunk, so the sums are added in the offline run's order.
+        rest = [
+            await svc.step(StepInput("acc", "accumulator", None, x)) for x in (-BIG * ONES, ONES)
+        ]
+        accepted = np.concatenate([ONES, ONES * BIG, -BIG * ONES, ONES])
+        expected = offline(repo, "accumulator", 1, accepted)[2:]
+        np.testing.assert_array_equal(np.concatenate([r.y for r in rest]), expected)
+        assert expected.tolist() == [[0.0] * 3, [1.0] * 3]
+
+    serve(repo, body)
+
+
+def test_overflowing_rows_of_a_batch_fail_alone(repo: Path) -> None:
+    """Steps of several sessions in one batch (the vectorised path), new sessions among them:
+    only the overflowing rows fail; a session the failed chunk would have created does not exist,
+    and the slot it had reserved is free again."""
+
+    async def body(svc: InferenceService) -> None:
+        for sid in ("ok", "big"):
+            await svc.step(StepInput(sid, "accumulator", None, ONES * BIG, start=True))
+        before = svc.get_session("big")
+        created_before = svc.session_count()
+        ok, big, new_big, new_ok = await asyncio.gather(
+            svc.step(StepInput("ok", "accumulator", None, -ONES * BIG)),
+            svc.step(StepInput("big", "accumulator", None, ONES * BIG)),
+            svc.step(
+                StepInput("nb", "accumulator", None, np.concatenate([ONES * BIG] * 2), start=True)
+            ),
+            svc.step(StepInput("nk", "accumulator", None, ONES, start=True)),
+            return_exceptions=True,
+        )
+        for failed in (big, new_big):
+            assert isinstance(failed, RnnServeError), failed
+            assert failed.code == ErrorCode.INVALID_ARGUMENT
+            assert "came out NaN or Inf" in failed.message
+        assert not isinstance(ok, BaseException)
+        assert not isinstance(new_ok, BaseException)
+        np.testing.assert_array_equal(ok.y, [[0.0, 0.0, 0.0]])
+        np.testing.assert_array_equal(new_ok.y, ONES)
+        assert svc.get_session("big") == before
+        with pytest.raises(RnnServeError) as info:
+            svc.get_session("nb")
+        assert info.value.code == ErrorCode.NOT_FOUND
+        assert svc.session_count() == created_before + 1  # nk only
+        # The frame path: the same check per row, with per-row results.
+        fo = await svc.frame(
+            FrameInput("accumulator", None, ["ok", "big", "nk"], np.stack([ONES * BIG] * 3),
+                       np.zeros(3, bool), np.zeros(3, bool), np.full(3, -1))
+        )  # fmt: skip
+        codes = [None if e is None else e.code for e in fo.errors]
+        assert codes == [None, ErrorCode.INVALID_ARGUMENT, None]
+        assert fo.steps.tolist() == [3, 1, 2]
+        assert np.isnan(fo.y[1]).all()
+        assert np.isfinite(fo.y[[0, 2]]).all()
+        assert svc.get_session("big") == before
+
+        # Its slot went back to the pool: the model's last free slot (of 4) still takes a session.
+        await svc.step(StepInput("last", "accumulator", None, ONES, start=True))
+        assert svc.session_count() == 4
+
+    serve(repo, body, sessions={"max_sessions_per_model": 4})
+
+
 def test_frame_wide_errors_raise(repo: Path) -> None:
     async def body(svc: InferenceService) -> list[tuple[ErrorCode, str]]:
         bad = [
