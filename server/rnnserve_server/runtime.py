@@ -194,14 +194,18 @@ class ModelRunner:
         if self._in_norm is None:
             return x
         mean, std = self._in_norm
-        out: FloatArray = ((x - mean) / std).astype(np.float32, copy=False)
+        # Finite values beyond float32's range after scaling become +-inf, as IEEE 754 says (no
+        # warning printed to stderr); the batcher refuses a chunk whose results come out non-finite.
+        with np.errstate(over="ignore"):
+            out: FloatArray = ((x - mean) / std).astype(np.float32, copy=False)
         return out
 
     def denormalize(self, y: FloatArray) -> FloatArray:
         if self._out_norm is None:
             return y
         mean, std = self._out_norm
-        out: FloatArray = (y * std + mean).astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # as in normalize
+            out: FloatArray = (y * std + mean).astype(np.float32, copy=False)
         return out
 
     # -- runs (blocking; call from a worker thread) -----------------------------------------------

@@ -278,7 +278,8 @@ def offline(root: Path, name: str, version: int, x: np.ndarray) -> np.ndarray:
     xn = xb.astype(np.float64)
     if norm.input_mean:
         xn = (xn - np.array(norm.input_mean)) / np.array(norm.input_std)
-    feeds: dict[str, np.ndarray] = {meta.input_name: xn.astype(np.float32)}
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, as the server feeds it
+        feeds: dict[str, np.ndarray] = {meta.input_name: xn.astype(np.float32)}
     for st in meta.states:
         dtype = np.float32 if st.dtype == mr.FLOAT32 else np.int64
         feeds[st.input_name] = np.full((xb.shape[0], *st.shape), st.initial_value, dtype)

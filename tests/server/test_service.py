@@ -322,6 +322,23 @@ def test_chunk_that_drives_the_state_to_inf_is_rejected_and_changes_nothing(repo
     serve(repo, body)
 
 
+def test_input_that_normalises_beyond_float32_runs_like_offline(repo: Path) -> None:
+    """3e38 is finite, but the GRU's normalisation (std 0.5) takes it past float32's range: the
+    model sees inf, saturates, and the step applies like the offline run (no INTERNAL error from
+    an overflow warning)."""
+    x = data(3, 3)
+    x[1, 1] = 3e38
+
+    async def body(svc: InferenceService) -> np.ndarray:
+        outs = [await svc.step(StepInput("sat", "gru", None, x[:1], start=True))]
+        outs += [await svc.step(StepInput("sat", "gru", None, x[t : t + 1])) for t in (1, 2)]
+        return np.concatenate([o.y for o in outs])
+
+    y = serve(repo, body)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, offline(repo, "gru", 2, x), atol=TOL, rtol=0)
+
+
 def test_overflowing_rows_of_a_batch_fail_alone(repo: Path) -> None:
     """Steps of several sessions in one batch (the vectorised path), new sessions among them:
     only the overflowing rows fail; a session the failed chunk would have created does not exist,
