@@ -48,7 +48,7 @@ from rnnserve_server.errors import (
     Unavailable,
 )
 from rnnserve_server.lanes import SessionLanes, Work
-from rnnserve_server.metrics import Metrics, observe_many
+from rnnserve_server.metrics import Metrics
 from rnnserve_server.outcome import Outcome
 from rnnserve_server.runtime import ModelRunner, States
 from rnnserve_server.store import SessionStore
@@ -156,14 +156,16 @@ class _Group:
 
 class _Run:
     """A batch handed to the thread pool; `abandoned` once stop() failed it (its late result
-    is dropped)."""
+    is dropped). `timings`: (seconds, sessions) of each ORT run, filled by the worker and
+    recorded by the loop (the run-level metrics have a single writer, the loop thread)."""
 
-    __slots__ = ("abandoned", "batch", "groups")
+    __slots__ = ("abandoned", "batch", "groups", "timings")
 
     def __init__(self, batch: list[Chunk], groups: list[_Group]) -> None:
         self.batch = batch
         self.groups = groups
         self.abandoned = False
+        self.timings: list[tuple[float, int]] = []
 
 
 class Batcher:
@@ -416,7 +418,7 @@ class Batcher:
         try:
             now = time.time()
             t_start = time.perf_counter()
-            observe_many(self._queue_delay, [t_start - c.enqueued for c in batch])
+            self._queue_delay.observe_many([t_start - c.enqueued for c in batch])
             if len(batch) == 1 or all(c.x.shape[1] == batch[0].x.shape[1] for c in batch):
                 groups = [_Group(batch)]
             else:
@@ -431,6 +433,7 @@ class Batcher:
                     self._resolve(g, None, None)
                 return
             jobs = [(g.x_ok, g.states_in) for g in groups]
+            run = _Run(batch, groups)
             inline = self._runs_inline(groups)
             if inline:
                 # No Future here: on the single-session path its lock and condition are a
@@ -439,16 +442,15 @@ class Batcher:
                 failure: BaseException | None = None
                 t0 = time.perf_counter()
                 try:
-                    outputs = self._run_all(jobs)
+                    outputs = self._run_all(jobs, run.timings)
                 except Exception as exc:  # an ORT failure: _ran reports it like a worker's
                     failure = exc
                 self._timed_inline(time.perf_counter() - t0)
             else:
-                done = self._executor.submit(self._run_all, jobs)
+                done = self._executor.submit(self._run_all, jobs, run.timings)
         except Exception as exc:  # a bug in this module: never leave a chunk unanswered
             self._batch_failed(batch, groups, exc)
             return
-        run = _Run(batch, groups)
         self._in_flight.add(run)
         self._running += 1
         if inline:
@@ -502,6 +504,9 @@ class Batcher:
     ) -> None:
         """Back on the loop: answer the batch's chunks (with ORT's `outputs` per group, or its
         `failure`) and start what became ready meanwhile."""
+        for seconds, sessions in run.timings:
+            self._ort_run.observe(seconds)
+            self._batch_sessions.observe(sessions)
         if run.abandoned:
             return
         self._in_flight.discard(run)
@@ -548,8 +553,11 @@ class Batcher:
             self._unreserve(g)
         self._fail_batch(run.batch, err)
 
-    def _run_all(self, jobs: list[tuple[FloatArray, States]]) -> list[tuple[FloatArray, States]]:
-        """Worker thread: one ORT run per group (split at max_batch_size); ORT releases the GIL."""
+    def _run_all(
+        self, jobs: list[tuple[FloatArray, States]], timings: list[tuple[float, int]]
+    ) -> list[tuple[FloatArray, States]]:
+        """Worker thread: one ORT run per group (split at max_batch_size); ORT releases the GIL.
+        Each run's (seconds, sessions) goes to `timings`, for the loop to record."""
         out: list[tuple[FloatArray, States]] = []
         runner = self.runner
         for x, states in jobs:
@@ -564,8 +572,7 @@ class Batcher:
                 part = states if (lo == 0 and hi == n) else {k: v[lo:hi] for k, v in states.items()}
                 t0 = time.perf_counter()
                 y, st = runner.run(x[lo:hi], part)
-                self._ort_run.observe(time.perf_counter() - t0)
-                self._batch_sessions.observe(hi - lo)
+                timings.append((time.perf_counter() - t0, hi - lo))
                 ys.append(y)
                 sts.append(st)
             if len(ys) == 1:

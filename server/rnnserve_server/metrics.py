@@ -3,6 +3,9 @@
 One `Metrics` object is shared by the service (batcher, store, sweeper) and the front ends (which
 record request-level metrics through `observe_request` and `count_steps`). Tests build their own
 registry, so nothing here touches prometheus_client's global one.
+
+The metrics updated for every step or batch are `loop_metrics` families (lock-free, updated on
+the event loop thread only); the rest are prometheus_client's own.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rnnserve_server.errors import ErrorCode
+from rnnserve_server.loop_metrics import HistogramChild, LoopCounter, LoopHistogram
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -39,45 +43,45 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.requests_total = Counter(
+        self.requests_total = LoopCounter(
             "rnnserve_requests_total",
             "Requests by API method and status.",
             ["model", "method", "code"],
             registry=r,
         )
-        self.steps_total = Counter(
+        self.steps_total = LoopCounter(
             "rnnserve_steps_total",
             "Time steps processed (or rejected), by status.",
             ["model", "code"],
             registry=r,
         )
-        self.request_latency = Histogram(
+        self.request_latency = LoopHistogram(
             "rnnserve_request_latency_seconds",
             "Request received to reply ready.",
             ["model", "method"],
-            buckets=_LATENCY_BUCKETS,
             registry=r,
+            buckets=_LATENCY_BUCKETS,
         )
-        self.queue_delay = Histogram(
+        self.queue_delay = LoopHistogram(
             "rnnserve_queue_delay_seconds",
             "Time a chunk waited in the batcher before its run started.",
             ["model"],
-            buckets=_LATENCY_BUCKETS,
             registry=r,
+            buckets=_LATENCY_BUCKETS,
         )
-        self.ort_run = Histogram(
+        self.ort_run = LoopHistogram(
             "rnnserve_ort_run_seconds",
             "One ONNX Runtime run (one batch).",
             ["model"],
-            buckets=_LATENCY_BUCKETS,
             registry=r,
+            buckets=_LATENCY_BUCKETS,
         )
-        self.batch_sessions = Histogram(
+        self.batch_sessions = LoopHistogram(
             "rnnserve_batch_sessions",
             "Sessions in one ONNX Runtime run.",
             ["model"],
-            buckets=_BATCH_BUCKETS,
             registry=r,
+            buckets=_BATCH_BUCKETS,
         )
         self.active_sessions = Gauge(
             "rnnserve_active_sessions", "Live sessions.", ["model"], registry=r
@@ -150,9 +154,13 @@ class Metrics:
 
 
 def observe_many(hist: Any, values: list[float]) -> None:
-    """Observe many values at once: one bucket search in numpy instead of one locked
-    `observe` per value (a few µs each). Uses the child's bucket counters when present
-    (prometheus_client's default single-process values), else falls back to `observe`."""
+    """Observe many values at once: a `loop_metrics` child's own `observe_many`; for a
+    prometheus_client histogram child, one bucket search in numpy instead of one locked `observe`
+    per value (a few µs each), using its bucket counters when present (prometheus_client's
+    default single-process values), else `observe` one by one."""
+    if isinstance(hist, HistogramChild):
+        hist.observe_many(values)
+        return
     buckets = getattr(hist, "_buckets", None)
     upper = getattr(hist, "_upper_bounds", None)
     total = getattr(hist, "_sum", None)

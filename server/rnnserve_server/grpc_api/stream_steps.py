@@ -119,7 +119,7 @@ class StreamSteps:
                     y,
                     result.step,
                 )
-                self._rec.request_soon(
+                self._rec.request(
                     step.model, "stream_step", _OK, perf_counter() - step.started, len(y)
                 )
                 self._put(response)
