@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -65,7 +64,7 @@ _FALSE1 = np.zeros(1, np.bool_)
 _NO_EXPECT1 = np.full(1, -1, np.int64)
 _NO_ROWS = np.empty(0, np.int64)
 _NO_X = np.empty((0, 0, 0), np.float32)
-_ADD_REDUCE = np.add.reduce
+_ISFINITE = np.isfinite
 # An inline run blocks the event loop (every stream, health checks): a model whose tiny runs take
 # longer than this on average goes back to the worker threads for good.
 _INLINE_BUDGET_S = 0.001
@@ -616,7 +615,7 @@ class Batcher:
         errors = g.errors
         if self._reject_non_finite and not _all_finite_quick(x):
             # Only now look row by row.
-            finite = np.isfinite(x.sum(axis=(1, 2), dtype=np.float64))
+            finite = _rows_finite(x)
             for r in np.flatnonzero(~finite).tolist():
                 idx = np.argwhere(~np.isfinite(x[r]))[0].tolist()
                 errors[r] = InvalidArgument(
@@ -870,10 +869,10 @@ class Batcher:
 
 
 def _all_finite_quick(x: FloatArray) -> bool:
-    """True when every value is finite: a NaN or Inf makes the sum non-finite, and a float64
-    sum of float32 values cannot overflow. np.add.reduce skips ndarray.sum's Python wrapper,
-    a third of the check for a one-step chunk."""
-    return math.isfinite(float(_ADD_REDUCE(x, None, np.float64)))
+    """True when every value is finite. Element-wise, not through a sum: a sum of +Inf and -Inf
+    makes numpy warn "invalid value" (an error where warnings are errors), and a float64 sum
+    costs 3-4x more than np.isfinite on a batch's states (about the same on one step)."""
+    return bool(_ISFINITE(x).all())
 
 
 def _results_finite(y: FloatArray, states: States) -> bool:
@@ -887,7 +886,7 @@ def _rows_finite(a: npt.NDArray[Any]) -> BoolArray:
     """Per row (first axis): no NaN or Inf in it."""
     if a.dtype.kind != "f":
         return np.ones(a.shape[0], np.bool_)
-    finite: BoolArray = np.isfinite(a.reshape(a.shape[0], -1).sum(axis=1, dtype=np.float64))
+    finite: BoolArray = _ISFINITE(a.reshape(a.shape[0], -1)).all(axis=1)
     return finite
 
 

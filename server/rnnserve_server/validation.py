@@ -101,11 +101,10 @@ def check_finite(x: FloatArray, where: str) -> None:
 
 
 def _finite(x: FloatArray, where: str) -> None:
-    # The sum is finite for finite input unless it overflows; only then look element-wise.
-    if np.isfinite(x.sum(dtype=np.float64)):
-        return
-    if not np.isfinite(x).all():
-        idx = np.argwhere(~np.isfinite(x))[0].tolist()
+    # Element-wise: a sum of +Inf and -Inf would make numpy warn "invalid value".
+    finite = np.isfinite(x)
+    if not finite.all():
+        idx = np.argwhere(~finite)[0].tolist()
         raise InvalidArgument(
             f"{where}: input contains NaN or Inf (first at index {idx}); non-finite inputs are "
             "rejected"

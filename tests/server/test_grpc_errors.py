@@ -49,6 +49,15 @@ def _with_value(value: float) -> BadRequest:
     return make
 
 
+def _with_values(first: float, second: float) -> BadRequest:
+    def make(sid: str, meta: mr.ModelMetadata) -> pb.StepRequest:
+        x = np.ones((3, meta.input_features), np.float32)
+        x[0, 0], x[2, -1] = first, second
+        return _step(sid, meta, x=x)
+
+    return make
+
+
 BAD_INPUTS: dict[str, tuple[BadRequest, grpc.StatusCode, str]] = {
     "wrong feature count": (
         lambda sid, m: _step(sid, m, x=np.zeros((2, m.input_features + 1), np.float32)),
@@ -67,6 +76,7 @@ BAD_INPUTS: dict[str, tuple[BadRequest, grpc.StatusCode, str]] = {
     ),
     "NaN": (_with_value(float("nan")), C.INVALID_ARGUMENT, "NaN"),
     "Inf": (_with_value(float("inf")), C.INVALID_ARGUMENT, "Inf"),
+    "plus and minus Inf": (_with_values(float("inf"), float("-inf")), C.INVALID_ARGUMENT, "Inf"),
     "empty chunk": (
         lambda sid, m: _step(sid, m, x=np.zeros((0, m.input_features), np.float32)),
         C.INVALID_ARGUMENT,

@@ -175,12 +175,25 @@ NAN = X[:2].copy()
 NAN[1, 2] = np.nan
 INF = X[:2].copy()
 INF[0, 0] = np.inf
+PM_INF = X[:2].copy()
+PM_INF[0, 1], PM_INF[1, 0] = np.inf, -np.inf
 
 BAD_STEPS: dict[str, tuple[StepInput, ErrorCode, str]] = {
     "features": (StepInput("v", "gru", None, X[:2, :2]), ErrorCode.INVALID_ARGUMENT, "features"),
     "rank": (StepInput("v", "gru", None, X[None, :2]), ErrorCode.INVALID_ARGUMENT, "shape"),
     "nan": (StepInput("v", "gru", None, NAN), ErrorCode.INVALID_ARGUMENT, "NaN"),
     "inf": (StepInput("v", "gru", None, INF), ErrorCode.INVALID_ARGUMENT, "NaN or Inf"),
+    # +Inf and -Inf together sum to NaN, which numpy warns about: still a plain rejection.
+    "plus_minus_inf": (
+        StepInput("v", "gru", None, PM_INF),
+        ErrorCode.INVALID_ARGUMENT,
+        "NaN or Inf",
+    ),
+    "plus_minus_inf_start": (
+        StepInput("v", "gru", None, PM_INF, start=True),
+        ErrorCode.INVALID_ARGUMENT,
+        "first at step 0, feature 1",
+    ),
     "empty": (StepInput("v", "gru", None, X[:0]), ErrorCode.INVALID_ARGUMENT, "empty"),
     "too_long": (StepInput("v", "gru", None, data(1, 17)), ErrorCode.INVALID_ARGUMENT, "at most"),
     "dtype": (
