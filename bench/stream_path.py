@@ -11,15 +11,20 @@ reply, serialize), so the difference is rnnserve's own per-step work.
 
 Why: on a shared 2-core VM the ping-pong benchmark's rounds vary by +-15 %, far more than most
 hot-path changes save. `--instructions` runs this module twice under `valgrind --tool=callgrind`
-(with 5 rounds and with 5 + --rounds) and reports the difference per step: the same count on
-every run of the same code (about 0.5 % apart), whatever else the machine does. It includes ONNX
-Runtime's share (about 70k instructions per step of the 2-layer GRU at batch 256).
+(with 5 rounds and with 5 + --rounds) and reports the difference per step, whatever else the
+machine does. It includes ONNX Runtime's share (about 70k instructions per step of the 2-layer GRU
+at batch 256). Those runs take out what made the count vary (+-4 % between runs of the same code,
+measured): every batch runs on the event loop (`inline_max_steps` large, and no time budget,
+which valgrind's slowness would exhaust), so no thread timing decides how the loop interleaves;
+and the hash seed is fixed (PYTHONHASHSEED=0). The worker hand-off left out costs a few hundred
+instructions per batch.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import re
 import shutil
 import subprocess
@@ -36,6 +41,7 @@ from bench.echo_server import echo_step
 from bench.model import BenchModel, add_model_source_argument, ensure_model, load_model
 from bench.serverutil import resolve_loop
 from rnnserve_proto import rnnserve_pb2 as pb
+from rnnserve_server import batcher as batcher_module
 from rnnserve_server.config import ServerSettings
 from rnnserve_server.errors import RnnServeError
 from rnnserve_server.event_loop import run_on_event_loop
@@ -64,8 +70,11 @@ def echo_reply(request: pb.StepRequest) -> bytes:
     return pb.StreamResponse(step=echo_step(request)).SerializeToString()
 
 
-async def run_rounds(model: BenchModel, sessions: int, rounds: int, echo: bool) -> float:
-    """Run the rounds; returns CPU seconds of this thread (the event loop's) spent in them."""
+async def run_rounds(
+    model: BenchModel, sessions: int, rounds: int, echo: bool, inline: bool = False
+) -> float:
+    """Run the rounds; returns CPU seconds of this thread (the event loop's) spent in them.
+    `inline`: every batch runs on the event loop (deterministic, for instruction counts)."""
     first = [request_bytes(model, i, True) for i in range(sessions)]
     later = [request_bytes(model, i, False) for i in range(sessions)]
     if echo:
@@ -81,7 +90,10 @@ async def run_rounds(model: BenchModel, sessions: int, rounds: int, echo: bool) 
         model_repository=model.repository,
         models=[model.name],
         runtime={"providers": ["cpu"]},
+        batcher={"inline_max_steps": sessions} if inline else {},
     )
+    if inline:
+        batcher_module._INLINE_BUDGET_S = math.inf  # valgrind makes every run "too slow"
     service = await InferenceService.create(settings, registry=CollectorRegistry())
     recorder = Recorder(service.metrics, [model.name])
     answered = 0
@@ -123,6 +135,8 @@ def count_instructions(argv_tail: list[str], rounds: int) -> int:
     """Instructions callgrind counted for a whole run of this module with `rounds` rounds."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
+            "env",
+            "PYTHONHASHSEED=0",
             "valgrind",
             "--tool=callgrind",
             f"--callgrind-out-file={Path(tmp) / 'callgrind.out'}",
@@ -132,6 +146,7 @@ def count_instructions(argv_tail: list[str], rounds: int) -> int:
             *argv_tail,
             "--rounds",
             str(rounds),
+            "--inline",
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     found = re.search(r"Collected : (\d+)", proc.stderr)
@@ -155,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=40, help="measured rounds")
     p.add_argument("--echo", action="store_true", help="only the echo server's per-message work")
     p.add_argument("--instructions", action="store_true", help="count instructions (valgrind)")
+    p.add_argument(
+        "--inline", action="store_true", help="run every batch on the event loop (--instructions)"
+    )
     p.add_argument("--model-repository", help="use this repository's gru_bench")
     add_model_source_argument(p)
     args = p.parse_args(argv)
@@ -175,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"({args.sessions} sessions, {args.rounds} rounds, callgrind)")  # fmt: skip
             return 0
         spent = run_on_event_loop(
-            run_rounds(model, args.sessions, args.rounds, args.echo), resolve_loop("auto")
+            run_rounds(model, args.sessions, args.rounds, args.echo, args.inline),
+            resolve_loop("auto"),
         )
         steps = args.sessions * args.rounds
         print(f"{what}: {spent / steps * 1e6:.2f} µs of event-loop CPU per streamed step "
