@@ -161,8 +161,15 @@ class SessionLanes:
         the model version fn may create a session on (for routing checks of later work)."""
         if self._tails.keys().isdisjoint(ids):
             return fn()  # nothing ahead, and fn runs without yielding: no lane needed
+        return await self.submit_exclusive(ids, fn, owner)
+
+    def submit_exclusive(
+        self, ids: list[str], fn: Callable[[], Any], owner: Batcher | None = None
+    ) -> asyncio.Future[Any]:
+        """`exclusive` without the await: fn takes its place in the lanes now, so work submitted
+        after this call (even before the caller awaits) runs after fn."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         work = Control(self, ids, fn, fut, owner)
         if self.enter(work):
             work.on_ready()
-        return await fut
+        return fut

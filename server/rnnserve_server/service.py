@@ -313,6 +313,34 @@ class InferenceService:
         res = await future
         return StepOutput(session_id, model, version, res.y, res.step)
 
+    async def step_and_export(
+        self, request: StepInput, close: bool = False
+    ) -> tuple[StepOutput, SessionSnapshot]:
+        """A step and the session's state right after it (closing the session then if `close`).
+        The export takes its place in the session's lane together with the step, so no later
+        chunk of the session, not even one submitted before this coroutine resumes, can change
+        the state it reads (a stream that pipelines its requests needs that). A rejected step
+        is neither exported nor closed: the session stays as it was."""
+        stepped: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
+        session_id, model, version = self.submit_step(request, stepped)
+
+        def export() -> SessionSnapshot | None:
+            # The lane runs this after the step has resolved (a later loop iteration).
+            if not stepped.done() or stepped.cancelled() or stepped.exception() is not None:
+                return None
+            m = self._located(session_id)
+            snap = m.store.snapshot(session_id)
+            assert snap is not None
+            if close:
+                self._close_in(m, session_id)
+            return snap
+
+        exported = self._lanes.submit_exclusive([session_id], export)
+        res = await stepped
+        snap: SessionSnapshot | None = await exported
+        assert snap is not None
+        return StepOutput(session_id, model, version, res.y, res.step), snap
+
     def submit_step(self, request: StepInput, outcome: Outcome) -> tuple[str, str, int]:
         """`step` without the await: validate and queue the chunk now (raising RnnServeError for
         a rejection, before any state is touched); its StepResult or RnnServeError goes to
@@ -574,12 +602,16 @@ class InferenceService:
         validation.check_session_id(session_id)
 
         def run() -> Any:
-            m = self._locate(session_id)
-            if m is None:
-                raise self._missing(session_id, self._stores[0])
-            return fn(m)
+            return fn(self._located(session_id))
 
         return await self._lanes.exclusive([session_id], run)
+
+    def _located(self, session_id: str) -> LoadedModel:
+        """The model holding a live session, or NOT_FOUND."""
+        m = self._locate(session_id)
+        if m is None:
+            raise self._missing(session_id, self._stores[0])
+        return m
 
     async def reset_session(self, session_id: str) -> SessionInfo:
         def reset(m: LoadedModel) -> SessionInfo:
@@ -592,14 +624,17 @@ class InferenceService:
         return info
 
     async def close_session(self, session_id: str) -> SessionInfo:
-        def close(m: LoadedModel) -> SessionInfo:
-            slot = m.store.slot_of[session_id]
-            info = m.store.info_at(session_id, slot)
-            m.store.remove(np.array([slot], np.int64), "close", time.time())
-            log.debug("session closed", extra={"session_id": session_id, "model": m.name})
-            return info
+        info: SessionInfo = await self._exclusive(
+            session_id, lambda m: self._close_in(m, session_id)
+        )
+        return info
 
-        info: SessionInfo = await self._exclusive(session_id, close)
+    @staticmethod
+    def _close_in(m: LoadedModel, session_id: str) -> SessionInfo:
+        slot = m.store.slot_of[session_id]
+        info = m.store.info_at(session_id, slot)
+        m.store.remove(np.array([slot], np.int64), "close", time.time())
+        log.debug("session closed", extra={"session_id": session_id, "model": m.name})
         return info
 
     async def export_session(self, session_id: str) -> SessionSnapshot:

@@ -465,6 +465,76 @@ def test_many_sequences_interleaved_on_one_stream(
         np.testing.assert_allclose(y, _reference(server, name, x), **TOL)
 
 
+def _native_states(server: Server, name: str, chunks: list[Array], state_name: str) -> list[Array]:
+    """The state after each chunk, through a native session stepped one request at a time."""
+    stub, sessions = server.native_inference(), server.native_sessions()
+    sid = f"native-{uuid.uuid4().hex[:12]}"
+    states = []
+    for i, chunk in enumerate(chunks):
+        stub.Step(
+            pb.StepRequest(
+                session_id=sid,
+                model=name,
+                input=pb.Tensor(shape=list(chunk.shape), data=chunk.astype("<f4").tobytes()),
+                start=i == 0,
+            )
+        )
+        snapshot = sessions.ExportSession(pb.SessionRef(session_id=sid))
+        value = next(s for s in snapshot.states if s.name == state_name)
+        states.append(np.frombuffer(value.data, "<f4").reshape(tuple(value.shape)))
+    sessions.CloseSession(pb.SessionRef(session_id=sid))
+    return states
+
+
+def test_pipelined_state_outputs_are_each_requests_own(
+    server: Server, client: triton.InferenceServerClient
+) -> None:
+    """Requests of one sequence sent back to back on a stream, each asking for the state: every
+    reply carries the state right after its own chunk, not after a later one; and a sequence
+    that ends with a state output and starts again at once under the same id is not closed by
+    the earlier end."""
+    name = server.streaming[0]
+    meta = server.models[name]
+    state = next(s for s in meta.states if s.dtype == mr.FLOAT32)
+    sizes = (2, 1, 3, 1, 1, 2)
+    x = _raw(meta, sum(sizes), seed=21)
+    chunks = _split(x, sizes)
+    expected = _native_states(server, name, chunks, state.name)
+    outputs = [triton.InferRequestedOutput("y"), triton.InferRequestedOutput(state.output_name)]
+    replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: replies.put((result, error)))
+    sid = next(_ids)
+    try:
+        for i, chunk in enumerate(chunks):
+            client.async_stream_infer(
+                name,
+                _inputs(chunk),
+                outputs=outputs,
+                request_id=str(i),
+                sequence_id=sid,
+                sequence_start=i == 0,
+                sequence_end=i == len(chunks) - 1,
+            )
+        # The same id again, right behind the end.
+        client.async_stream_infer(
+            name, _inputs(chunks[0]), request_id="again", sequence_id=sid, sequence_start=True
+        )
+        got = _collect(replies, len(chunks) + 1)
+    finally:
+        client.stop_stream()
+    assert [error for _, error in got] == [None] * len(got)
+    by_id = {result.get_response().id: result for result, _ in got}
+    for i, want in enumerate(expected):
+        got_state = by_id[str(i)].as_numpy(state.output_name)[0]
+        np.testing.assert_allclose(got_state, want, **TOL, err_msg=f"request {i}")
+    ys = np.concatenate([by_id[str(i)].as_numpy("y")[0] for i in range(len(chunks))])
+    np.testing.assert_allclose(ys, _reference(server, name, x), **TOL)
+    # The restarted sequence is alive with one chunk applied.
+    info = server.native_sessions().GetSession(pb.SessionRef(session_id=str(sid)))
+    assert info.step == len(chunks[0])
+    server.native_sessions().CloseSession(pb.SessionRef(session_id=str(sid)))
+
+
 def test_statistics_count_served_requests(
     server: Server, client: triton.InferenceServerClient
 ) -> None:

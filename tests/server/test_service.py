@@ -335,6 +335,41 @@ def test_chunk_that_drives_the_state_to_inf_is_rejected_and_changes_nothing(repo
     serve(repo, body)
 
 
+def test_step_and_export_reads_its_own_step_and_a_rejected_step_closes_nothing(
+    repo: Path,
+) -> None:
+    """The export sits in the session's lane right behind its step: a chunk submitted before
+    the caller resumes does not leak into the snapshot; a step the batcher rejects is neither
+    exported nor followed by the close."""
+
+    async def body(svc: InferenceService) -> None:
+        await svc.step(StepInput("acc", "accumulator", None, ONES, start=True))
+        pair = asyncio.ensure_future(
+            svc.step_and_export(StepInput("acc", "accumulator", None, ONES * 2))
+        )
+        await asyncio.sleep(0)  # the pair is submitted; now a later chunk queues behind it
+        later = asyncio.ensure_future(svc.step(StepInput("acc", "accumulator", None, ONES * 4)))
+        out, snap = await pair
+        await later
+        assert out.step == snap.info.step == 2
+        np.testing.assert_array_equal(snap.states["s"], [3.0] * 3)  # 1 + 2, not 1 + 2 + 4
+        await svc.step(StepInput("acc", "accumulator", None, ONES * BIG))
+        before = svc.get_session("acc")
+        with pytest.raises(RnnServeError) as info:
+            await svc.step_and_export(StepInput("acc", "accumulator", None, ONES * BIG), close=True)
+        assert info.value.code == ErrorCode.INVALID_ARGUMENT
+        assert svc.get_session("acc") == before  # still open, untouched
+        out, snap = await svc.step_and_export(
+            StepInput("acc", "accumulator", None, ONES), close=True
+        )
+        assert out.step == snap.info.step == 5
+        with pytest.raises(RnnServeError) as gone:
+            svc.get_session("acc")
+        assert gone.value.code == ErrorCode.NOT_FOUND
+
+    serve(repo, body)
+
+
 def test_input_that_normalises_beyond_float32_runs_like_offline(repo: Path) -> None:
     """3e38 is finite, but the GRU's normalisation (std 0.5) takes it past float32's range: the
     model sees inf, saturates, and the step applies like the offline run (no INTERNAL error from

@@ -262,16 +262,15 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             start=sequence.start,
             end=end_here,
         )
+        extra: dict[str, tuple[str, npt.NDArray[np.generic]]] = {}
         try:
-            out = await self._service.step(chunk)
+            if states:  # read with the step, before any later request of the sequence runs
+                out, snapshot = await self._service.step_and_export(chunk, close=sequence.end)
+                extra = conv.state_outputs(snapshot, meta, states)
+            else:
+                out = await self._service.step(chunk)
         except RnnServeError as exc:
             raise _explain(exc, chunk) from exc
-        extra: dict[str, tuple[str, npt.NDArray[np.generic]]] = {}
-        if states:
-            snapshot = await self._service.export_session(out.session_id)
-            extra = conv.state_outputs(snapshot, meta, states)
-            if sequence.end:
-                await self._service.close_session(out.session_id)
         y = out.y[None]
         outputs: list[Output] = [
             conv.y_output(y, meta) if n == meta.output_name else (n, *extra[n]) for n in names
