@@ -9,6 +9,9 @@ harness reports the clients' CPU so that this is visible.
 
 Frame mode sends FrameRequests of `frame_size` sessions (one step each), ping-pong per stream.
 
+KServe mode does the step mode's ping-pong over the KServe v2 stream (`ModelStreamInfer`, one
+stream per session, `sequence_id` = the session id), as a Triton client would.
+
 Timing: every client starts at the same monotonic instant (the first step of each session carries
 start=true), runs `warmup_s` unmeasured, then counts completions and their latencies for
 `duration_s`. The warm-up starts only once every session has had its first reply.
@@ -30,9 +33,9 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.procstat import cpu_seconds
-from rnnserve_proto import rnnserve_pb2, rnnserve_pb2_grpc
+from rnnserve_proto import kserve_pb2, rnnserve_pb2, rnnserve_pb2_grpc
 
-Mode = Literal["step", "frame"]
+Mode = Literal["step", "frame", "kserve"]
 EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 _MAX_MSG = 64 * 1024 * 1024
 
@@ -133,16 +136,22 @@ class _PingPong:
         self.sent = 0
         self.counted = 0
 
-    def next_request(self) -> rnnserve_pb2.StreamRequest:
+    def next_request(self) -> Any:
         self.req.step.request_id = str(self.sent)
         return self.req
 
-    async def reply(self, resp: rnnserve_pb2.StreamResponse, t0: float, t1: float) -> bool:
+    def _check(self, resp: Any) -> None:
+        _check_step(resp, self.out_bytes, self.res)
+
+    def _started(self) -> None:
+        self.req.step.start = False
+
+    async def reply(self, resp: Any, t0: float, t1: float) -> bool:
         """Account one reply; True once the measured window is over."""
         res = self.res
-        _check_step(resp, self.out_bytes, res)
+        self._check(resp)
         if self.sent == 0:
-            self.req.step.start = False
+            self._started()
             await self.win.first_reply()
         self.sent += 1
         if t1 >= self.win.start:
@@ -157,8 +166,51 @@ class _PingPong:
         self.res.starved += self.counted == 0
 
 
+class _KServeStub:
+    """ModelStreamInfer at KServe's wire path (`inference.GRPCInferenceService`; the generated
+    stub's path carries rnnserve's own proto package, see proto/rnnserve_proto/kserve.proto)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.ModelStreamInfer = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=kserve_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=kserve_pb2.ModelStreamInferResponse.FromString,
+        )
+
+
+class _KServePingPong(_PingPong):
+    """The same ping-pong over KServe's ModelStreamInfer: `sequence_id` names the session."""
+
+    def __init__(
+        self, spec: LoadSpec, sid: str, win: _Window, res: _WorkerResult, x: rnnserve_pb2.Tensor
+    ) -> None:
+        super().__init__(spec, sid, win, res, x)
+        tensor = kserve_pb2.ModelInferRequest.InferInputTensor(
+            name="x", datatype="FP32", shape=[1, *x.shape]
+        )
+        self.kreq = kserve_pb2.ModelInferRequest(
+            model_name=spec.model, inputs=[tensor], raw_input_contents=[x.data]
+        )
+        self.kreq.parameters["sequence_id"].string_param = sid
+        self.kreq.parameters["sequence_start"].bool_param = True
+
+    def next_request(self) -> Any:
+        self.kreq.id = str(self.sent)
+        return self.kreq
+
+    def _check(self, resp: Any) -> None:
+        outputs = resp.infer_response.raw_output_contents
+        if resp.error_message or len(outputs) != 1 or len(outputs[0]) != self.out_bytes:
+            self.res.errors += 1
+            if not self.res.first_error:
+                self.res.first_error = f"kserve: {resp.error_message!r}"
+
+    def _started(self) -> None:
+        del self.kreq.parameters["sequence_start"]
+
+
 async def _single_session_stream(
-    stub: rnnserve_pb2_grpc.InferenceStub,
+    stub: Any,
     spec: LoadSpec,
     sid: str,
     win: _Window,
@@ -166,8 +218,13 @@ async def _single_session_stream(
     rng: np.random.Generator,
 ) -> None:
     x = _tensor(rng.standard_normal((1, spec.features), dtype=np.float32))
-    pp = _PingPong(spec, sid, win, res, x)
-    call = stub.Stream()
+    pp: _PingPong
+    if spec.mode == "kserve":
+        pp = _KServePingPong(spec, sid, win, res, x)
+        call = stub.ModelStreamInfer()
+    else:
+        pp = _PingPong(spec, sid, win, res, x)
+        call = stub.Stream()
     clock = time.monotonic
     while True:
         req = pp.next_request()
@@ -275,9 +332,7 @@ async def _frame_stream(
     await _finish(call)
 
 
-async def _finish(
-    call: grpc.aio.StreamStreamCall[rnnserve_pb2.StreamRequest, rnnserve_pb2.StreamResponse],
-) -> None:
+async def _finish(call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
     """Half-close and drain, so the server sees a clean end of stream."""
     await call.done_writing()
     while await call.read() is not EOF:
@@ -310,7 +365,11 @@ async def _worker_async(spec: LoadSpec, worker: int, workers: int, conn: Connect
         ],
     ) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
-        stub = rnnserve_pb2_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
+        stub: Any
+        if spec.mode == "kserve":
+            stub = _KServeStub(channel)
+        else:
+            stub = rnnserve_pb2_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
         conn.send("ready")
         t_go: float = conn.recv()
         await asyncio.sleep(max(0.0, t_go - time.monotonic()))
@@ -318,7 +377,7 @@ async def _worker_async(spec: LoadSpec, worker: int, workers: int, conn: Connect
         win = _Window(n_first)
         if spec.mode == "frame":
             coros = [_frame_stream(stub, spec, g, win, res, rng) for g in groups]
-        elif spec.sessions_per_stream <= 1:
+        elif spec.sessions_per_stream <= 1 or spec.mode == "kserve":
             coros = [_single_session_stream(stub, spec, g[0], win, res, rng) for g in groups]
         else:
             coros = [_multiplexed_stream(stub, spec, g, win, res, rng) for g in groups]
@@ -422,7 +481,7 @@ def main() -> None:
     )
     parser.add_argument("--target", required=True, help="host:port")
     parser.add_argument("--model", default="gru_bench")
-    parser.add_argument("--mode", choices=["step", "frame"], default="step")
+    parser.add_argument("--mode", choices=["step", "frame", "kserve"], default="step")
     parser.add_argument("--sessions", type=int, default=64)
     parser.add_argument("--sessions-per-stream", type=int, default=1)
     parser.add_argument("--frame-size", type=int, default=256)

@@ -1,7 +1,7 @@
 """rnnserve's serving benchmark: every system and every floor of issue 3 in one run.
 
     python -m bench.serving [--sessions 1,64,256,1024] [--duration 5] [--warmup 2]
-                            [--systems echo,naive,rnnserve,frames,compute,memory]
+                            [--systems echo,naive,rnnserve,frames,kserve,compute,memory]
                             [--repeat 3] [--loop auto|asyncio|uvloop]
                             [--clients 1] [--sessions-per-stream 1] [--gpu] [--output FILE]
 
@@ -10,6 +10,8 @@ Systems, all on the same model (2-layer GRU, hidden 128, 16 features in and out)
   naive     bench/naive_server.py: one ORT run per request, state in a dict
   rnnserve  `rnnserve serve`, ping-pong steps
   frames    `rnnserve serve`, FrameRequests of --frame-size sessions (ping-pong per stream)
+  kserve    `rnnserve serve`, ping-pong steps over the KServe v2 stream (ModelStreamInfer), 256
+            sessions (or the largest --sessions below that), as a Triton client would send them
   compute   in-process ORT, batches of --frame-size (compute floor)
   memory    RSS growth per idle session with --memory-sessions sessions open
 Each server runs in its own process; the load generator in one or more other processes.
@@ -48,7 +50,8 @@ from bench.servers import (
 )
 from bench.serverutil import LOOP_CHOICES, resolve_loop
 
-ALL_SYSTEMS = ("echo", "naive", "rnnserve", "frames", "compute", "memory")
+ALL_SYSTEMS = ("echo", "naive", "rnnserve", "frames", "kserve", "compute", "memory")
+KSERVE_LOAD = "ping-pong, KServe stream"
 FLOOR_N = 256
 
 
@@ -102,9 +105,9 @@ def _row_from(system: str, load: str, r: LoadResult) -> Row:
     return Row(
         system=system,
         load=load,
-        sessions=r.spec.sessions
-        if r.spec.mode == "step"
-        else r.spec.frame_size * r.spec.frame_streams,
+        sessions=r.spec.frame_size * r.spec.frame_streams
+        if r.spec.mode == "frame"
+        else r.spec.sessions,
         streams=r.streams,
         clients=r.clients,
         steps_per_s=r.steps_per_s,
@@ -311,7 +314,15 @@ def _failed_server(
     if system == "rnnserve" and "frames" in args.systems:
         n = args.frame_size * args.frame_streams
         rows.append(_failed("frames", f"frames of {args.frame_size}", n, exc))
+    if system == "rnnserve" and "kserve" in args.systems:
+        rows.append(_failed("kserve", KSERVE_LOAD, _kserve_sessions(args), exc))
     return rows
+
+
+def _kserve_sessions(args: argparse.Namespace) -> int:
+    """The KServe row's session count: the floors' 256, or the largest --sessions below it."""
+    below = [n for n in args.sessions if n <= FLOOR_N]
+    return max(below) if below else FLOOR_N
 
 
 def run_pingpong_system(
@@ -323,7 +334,7 @@ def run_pingpong_system(
     sessions: list[int] | None = None,
 ) -> list[Row]:
     """Ping-pong at each of `sessions` (default args.sessions) and, for rnnserve when asked,
-    the frames point; stops the server."""
+    the frames and KServe points; stops the server."""
     sessions = args.sessions if sessions is None else sessions
     frames = system == "rnnserve" and "frames" in args.systems
     frames_load = f"frames of {args.frame_size}"
@@ -378,6 +389,28 @@ def run_pingpong_system(
                 _log(f"frames: {r.steps_per_s:,.0f} steps/s errors {r.errors} {r.first_error}")
             except Exception as exc:
                 rows.append(_failed("frames", frames_load, frames_n, exc))
+        if system == "rnnserve" and "kserve" in args.systems:
+            n = _kserve_sessions(args)
+            spec = LoadSpec(
+                target=server.target,
+                model=model.name,
+                mode="kserve",
+                sessions=n,
+                features=model.metadata.input_features,
+                out_features=model.metadata.output_features,
+                warmup_s=args.warmup,
+                duration_s=args.duration,
+                prefix=f"{run_id}-kserve",
+            )
+            try:
+                r = run_load(spec, min(args.clients, n), server.pid)
+                rows.append(_row_from("kserve", KSERVE_LOAD, r))
+                _log(
+                    f"kserve N={n}: {r.steps_per_s:,.0f} steps/s p50 {r.p50_ms:.2f} ms "
+                    f"p99 {r.p99_ms:.2f} ms errors {r.errors} {r.first_error}"
+                )
+            except Exception as exc:
+                rows.append(_failed("kserve", KSERVE_LOAD, n, exc))
     finally:
         server.stop()
     return rows
@@ -483,7 +516,7 @@ def run_round(
         for wanted, run in (
             ("echo" in args.systems, echo),
             ("naive" in args.systems, naive),
-            ("rnnserve" in args.systems or "frames" in args.systems, rnnserve),
+            (not {"rnnserve", "frames", "kserve"}.isdisjoint(args.systems), rnnserve),
         )
         if wanted
     ]

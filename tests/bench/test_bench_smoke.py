@@ -57,6 +57,29 @@ def test_harness_measures_echo_and_naive(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_harness_measures_rnnserve_over_the_kserve_stream(tmp_path: Path) -> None:
+    """The kserve system: Triton-style ModelStreamInfer ping-pong against `rnnserve serve`,
+    every reply checked (a wrong or missing output counts as an error)."""
+    out = tmp_path / "kserve.md"
+    proc = run_module(
+        "bench.serving",
+        "--systems", "kserve",
+        "--sessions", "1,3",
+        "--duration", "0.5",
+        "--warmup", "0.3",
+        "--model-source", "fallback",
+        "--output", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.with_suffix(".md.json").read_text())["rows"]
+    assert [(r["system"], r["load"], r["sessions"]) for r in rows] == [
+        ("kserve", "ping-pong, KServe stream", 3)  # the largest --sessions up to 256
+    ]
+    assert rows[0]["errors"] == 0, rows[0]["note"]
+    assert rows[0]["steps_per_s"] > 0
+    assert rows[0]["streams"] == 3
+
+@pytest.mark.timeout(120)
 def test_ab_rounds_compare_variants_within_each_round() -> None:
     proc = run_module(
         "bench.ab",
