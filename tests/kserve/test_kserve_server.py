@@ -489,10 +489,11 @@ def _native_states(server: Server, name: str, chunks: list[Array], state_name: s
 def test_pipelined_state_outputs_are_each_requests_own(
     server: Server, client: triton.InferenceServerClient
 ) -> None:
-    """Requests of one sequence sent back to back on a stream, each asking for the state: every
-    reply carries the state right after its own chunk, not after a later one; and a sequence
-    that ends with a state output and starts again at once under the same id is not closed by
-    the earlier end."""
+    """Requests of one sequence sent back to back on a stream, every other one asking for the
+    state (the others take the stream's plain-step path): each state is the one right after its
+    own chunk, not after a later one; outputs equal the offline run; and a sequence that ends
+    with a state output and starts again at once under the same id is not closed by the earlier
+    end."""
     name = server.streaming[0]
     meta = server.models[name]
     state = next(s for s in meta.states if s.dtype == mr.FLOAT32)
@@ -500,7 +501,7 @@ def test_pipelined_state_outputs_are_each_requests_own(
     x = _raw(meta, sum(sizes), seed=21)
     chunks = _split(x, sizes)
     expected = _native_states(server, name, chunks, state.name)
-    outputs = [triton.InferRequestedOutput("y"), triton.InferRequestedOutput(state.output_name)]
+    with_state = [triton.InferRequestedOutput("y"), triton.InferRequestedOutput(state.output_name)]
     replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client.start_stream(callback=lambda result, error: replies.put((result, error)))
     sid = next(_ids)
@@ -509,7 +510,7 @@ def test_pipelined_state_outputs_are_each_requests_own(
             client.async_stream_infer(
                 name,
                 _inputs(chunk),
-                outputs=outputs,
+                outputs=with_state if i % 2 or i == len(chunks) - 1 else None,
                 request_id=str(i),
                 sequence_id=sid,
                 sequence_start=i == 0,
@@ -525,8 +526,11 @@ def test_pipelined_state_outputs_are_each_requests_own(
     assert [error for _, error in got] == [None] * len(got)
     by_id = {result.get_response().id: result for result, _ in got}
     for i, want in enumerate(expected):
-        got_state = by_id[str(i)].as_numpy(state.output_name)[0]
-        np.testing.assert_allclose(got_state, want, **TOL, err_msg=f"request {i}")
+        got_state = by_id[str(i)].as_numpy(state.output_name)
+        if i % 2 or i == len(chunks) - 1:
+            np.testing.assert_allclose(got_state[0], want, **TOL, err_msg=f"request {i}")
+        else:
+            assert got_state is None
     ys = np.concatenate([by_id[str(i)].as_numpy("y")[0] for i in range(len(chunks))])
     np.testing.assert_allclose(ys, _reference(server, name, x), **TOL)
     # The restarted sequence is alive with one chunk applied.
@@ -551,6 +555,55 @@ def test_statistics_count_served_requests(
 
     assert count(after, "inference_count") - count(before, "inference_count") == 3
     assert count(after, "execution_count") - count(before, "execution_count") == 1
+
+
+def test_stream_requests_are_counted_in_statistics(
+    server: Server, client: triton.InferenceServerClient
+) -> None:
+    """Plain sequence steps on a stream (answered from their batch) count like any request:
+    successes with their batch size, and failures."""
+    name = server.streaming[0]
+    meta = server.models[name]
+    version = str(meta.version)
+
+    def stats() -> dict[str, int]:
+        entry = next(
+            s
+            for s in client.get_inference_statistics(name, as_json=True)["model_stats"]
+            if s["version"] == version
+        )
+        infer = entry.get("inference_stats", {})
+        return {
+            "inference": int(entry.get("inference_count", 0)),
+            "execution": int(entry.get("execution_count", 0)),
+            "success": int(infer.get("success", {}).get("count", 0)),
+            "fail": int(infer.get("fail", {}).get("count", 0)),
+        }
+
+    before = stats()
+    chunks = _split(_raw(meta, sum(CHUNKS), seed=31))
+    replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: replies.put((result, error)))
+    sid = next(_ids)
+    try:
+        for i, chunk in enumerate(chunks):
+            client.async_stream_infer(
+                name, _inputs(chunk), sequence_id=sid, sequence_start=i == 0, sequence_end=False
+            )
+        client.async_stream_infer(name, _inputs(chunks[0]), sequence_id=next(_ids))  # not started
+        got = _collect(replies, len(chunks) + 1)
+    finally:
+        client.stop_stream()
+    assert sum(error is not None for _, error in got) == 1
+    after = stats()
+    n = len(chunks)
+    assert {k: after[k] - before[k] for k in after} == {
+        "inference": n,
+        "execution": n,
+        "success": n,
+        "fail": 1,
+    }
+    server.native_sessions().CloseSession(pb.SessionRef(session_id=str(sid)))
 
 
 def test_drain_ends_streams_and_readiness(repository: Path) -> None:

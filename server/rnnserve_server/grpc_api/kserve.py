@@ -31,6 +31,7 @@ from rnnserve_server.config import ServerSettings
 from rnnserve_server.errors import ErrorCode, InvalidArgument, NotFound, RnnServeError
 from rnnserve_server.grpc_api import kserve_convert as conv
 from rnnserve_server.grpc_api.drain import EOF, StreamDrain, StreamReplies
+from rnnserve_server.grpc_api.kserve_stream import METHOD, KServeSteps, explain, stream_error
 from rnnserve_server.grpc_api.recording import Recorder
 from rnnserve_server.grpc_api.status import abort, as_service_error, code_name
 from rnnserve_server.types import ModelInfo, StepInput
@@ -177,34 +178,47 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(  # reader/writer API: a coroutine
         self, request_iterator: AsyncIterator[kpb.ModelInferRequest], context: Context
     ) -> None:
-        """Every request becomes a task as it is read, in arrival order (so chunks of one sequence
-        reach the service in order); replies go out as tasks finish. A failed request gets a
-        reply with `error_message` and the stream stays open."""
+        """Plain sequence steps are submitted as they are read and answered from their batch
+        (`kserve_stream`); any other request becomes a task. Either way work reaches the service
+        in arrival order, so chunks of one sequence apply in order; replies go out as they
+        finish. A failed request gets a reply with `error_message` and the stream stays open."""
         loop = asyncio.get_running_loop()
         replies: StreamReplies[kpb.ModelStreamInferResponse] = StreamReplies(context.write)
+        steps = KServeSteps(self._service, self._rec, self._metadata, self._counter, replies.put)
         inflight: set[asyncio.Task[kpb.ModelStreamInferResponse]] = set()
+        unstarted: set[asyncio.Future[Any]] = set()  # tasks that have not submitted their work
 
         def finished(task: asyncio.Task[kpb.ModelStreamInferResponse]) -> None:
             inflight.discard(task)
+            unstarted.discard(task)  # cancelled before it ran
             replies.put(None if task.cancelled() else task.result())
+
+        async def general(request: kpb.ModelInferRequest) -> kpb.ModelStreamInferResponse:
+            unstarted.discard(asyncio.current_task())
+            return await self._stream_one(request)  # submits before it first waits
 
         async def read() -> None:
             read_next = context.read
             while (request := await read_next()) is not EOF:
                 assert isinstance(request, kpb.ModelInferRequest)
                 replies.expect()
-                task = loop.create_task(self._stream_one(request))
+                while unstarted:  # let earlier requests' tasks submit first (arrival order)
+                    await asyncio.sleep(0)
+                if steps.try_submit(request):
+                    continue
+                task = loop.create_task(general(request))
                 inflight.add(task)
+                unstarted.add(task)
                 task.add_done_callback(finished)
 
         await self._drain.serve(context, read, replies)
 
     async def _stream_one(self, request: kpb.ModelInferRequest) -> kpb.ModelStreamInferResponse:
         try:
-            response = await self._infer(request, "kserve_stream_infer")
+            response = await self._infer(request, METHOD)
         except Exception as exc:
             error = as_service_error(exc)
-            return _stream_error(request, error)
+            return stream_error(request, error)
         return kpb.ModelStreamInferResponse(infer_response=response)
 
     async def _infer(self, request: kpb.ModelInferRequest, method: str) -> kpb.ModelInferResponse:
@@ -270,7 +284,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             else:
                 out = await self._service.step(chunk)
         except RnnServeError as exc:
-            raise _explain(exc, chunk) from exc
+            raise explain(exc, chunk) from exc
         y = out.y[None]
         outputs: list[Output] = [
             conv.y_output(y, meta) if n == meta.output_name else (n, *extra[n]) for n in names
@@ -334,40 +348,6 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         if counters is None:
             counters = self._counters[key] = conv.ModelCounters()
         return counters
-
-
-def _explain(error: RnnServeError, chunk: StepInput) -> RnnServeError:
-    """The service's NOT_FOUND for a continuing chunk means the sequence is not active: say so
-    in the protocol's terms."""
-    if error.code != ErrorCode.NOT_FOUND or chunk.start:
-        return error
-    return NotFound(
-        f"sequence_id {chunk.session_id} is not an active sequence of model {chunk.model!r}; "
-        f"begin it with sequence_start=True ({error.message})"
-    )
-
-
-def _stream_error(
-    request: kpb.ModelInferRequest, error: RnnServeError
-) -> kpb.ModelStreamInferResponse:
-    """Stream errors carry only a message in tritonclient, so it names the request and sequence;
-    the infer_response also echoes the id for clients that read it."""
-    try:
-        sequence: conv.SequenceControl | None = conv.parse_sequence(request.parameters)
-    except RnnServeError:
-        sequence = None
-    session_id = sequence.session_id if sequence is not None else None
-    prefix = conv.describe_request(request.id, session_id)
-    echo = kpb.ModelInferResponse(
-        model_name=request.model_name, model_version=request.model_version, id=request.id
-    )
-    if sequence is not None and session_id:
-        echo.parameters[conv.SEQUENCE_ID].CopyFrom(
-            conv.sequence_id_param(session_id, sequence.id_kind)
-        )
-    return kpb.ModelStreamInferResponse(
-        error_message=f"[{code_name(error.code)}] {prefix}{error.message}", infer_response=echo
-    )
 
 
 def _unimplemented(name: str) -> Callable[[Any, Context], Awaitable[Any]]:
