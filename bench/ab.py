@@ -80,6 +80,7 @@ def measure(
         spec = LoadSpec(
             target=server.target,
             model=model.name,
+            mode="step" if variant.echo else args.mode,
             sessions=args.sessions,
             features=model.metadata.input_features,
             out_features=model.metadata.output_features,
@@ -126,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("variants", nargs="+", type=parse_variant, help="echo | NAME[:ENV=V,...][@DIR]")
     p.add_argument("--sessions", type=int, default=256, help="concurrent ping-pong sessions")
+    p.add_argument(
+        "--mode",
+        choices=["step", "kserve"],
+        default="step",
+        help="rnnserve's protocol: native Stream steps, or the KServe stream (echo: native)",
+    )
     p.add_argument("--rounds", type=int, default=6, help="rounds (every variant once each)")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each")
@@ -161,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(
         f"`python -m bench.ab {' '.join(argv if argv is not None else sys.argv[1:])}`  \n"
-        f"model: {describe(model)}; {args.sessions} ping-pong sessions, {args.rounds} rounds of "
+        f"model: {describe(model)}; {args.sessions} ping-pong sessions"
+        f"{' over the KServe stream' if args.mode == 'kserve' else ''}, {args.rounds} rounds of "
         f"{args.duration:g} s after {args.warmup:g} s warm-up, event loop {args.loop_name}\n"
     )
     print(render(variants, results))
