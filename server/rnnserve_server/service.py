@@ -22,8 +22,10 @@ Session semantics:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -66,6 +68,8 @@ from rnnserve_server.types import (
 
 log = logging.getLogger("rnnserve.service")
 _ID_OK = validation.ID_RE.fullmatch
+# Step counts are int64; an imported count leaves room for any number of chunks after it.
+MAX_IMPORT_STEP = 2**62
 
 _REASON_TEXT = {
     "end": "was ended by its client (end flag)",
@@ -332,7 +336,7 @@ class InferenceService:
             snap = m.store.snapshot(session_id)
             assert snap is not None
             if close:
-                self._close_in(m, session_id)
+                self._close_in(m, session_id, "end")  # as a step's end flag counts it
             return snap
 
         exported = self._lanes.submit_exclusive([session_id], export)
@@ -364,6 +368,9 @@ class InferenceService:
         m = None if version else self._latest.get(request.model)
         if m is None or not m.streaming:
             m = self._streaming(request.model, version)
+        if sid not in m.store.slot_of:
+            # Before the checks: a session may live on another version, with another input width.
+            m = self._route(sid, request.model, version)
         x = request.x
         if not (
             type(x) is np.ndarray
@@ -377,8 +384,6 @@ class InferenceService:
         expected = request.expected_step
         if expected is not None and expected < 0:
             raise InvalidArgument(f"session {sid!r}: expected_step must be >= 0, got {expected}")
-        if sid not in m.store.slot_of:
-            m = self._route(sid, request.model, version)
         # NaN/Inf are checked by the batcher, vectorised over the whole batch.
         m.batcher.submit_step(sid, x, request.start, request.end, expected, outcome)
         return sid, m.name, m.version
@@ -625,15 +630,15 @@ class InferenceService:
 
     async def close_session(self, session_id: str) -> SessionInfo:
         info: SessionInfo = await self._exclusive(
-            session_id, lambda m: self._close_in(m, session_id)
+            session_id, lambda m: self._close_in(m, session_id, "close")
         )
         return info
 
     @staticmethod
-    def _close_in(m: LoadedModel, session_id: str) -> SessionInfo:
+    def _close_in(m: LoadedModel, session_id: str, reason: str) -> SessionInfo:
         slot = m.store.slot_of[session_id]
         info = m.store.info_at(session_id, slot)
-        m.store.remove(np.array([slot], np.int64), "close", time.time())
+        m.store.remove(np.array([slot], np.int64), reason, time.time())
         log.debug("session closed", extra={"session_id": session_id, "model": m.name})
         return info
 
@@ -654,21 +659,24 @@ class InferenceService:
         sid = info.session_id
         validation.check_session_id(sid)
         m = self._streaming(info.model, info.version or None)
-        _check_snapshot(snapshot, m)
+        _check_snapshot(snapshot, m, reject_non_finite=not self._limits.allow_non_finite)
         target = m
 
         def do_import() -> SessionInfo:
             now = time.time()
             store = target.store
             current = self._locate(sid)
-            if current is not None:
-                if not overwrite:
-                    raise AlreadyExists(
-                        f"session {sid!r} already exists on model {current.name!r} version "
-                        f"{current.version}; import with overwrite to replace it"
-                    )
-                slot = current.store.slot_of[sid]
-                current.store.remove(np.array([slot], np.int64), "replaced", now)
+            if current is not None and not overwrite:
+                raise AlreadyExists(
+                    f"session {sid!r} already exists on model {current.name!r} version "
+                    f"{current.version}; import with overwrite to replace it"
+                )
+            replaced = None if current is None else current.store.slot_of[sid]
+            if current is not None and current.store is store:
+                # Its own slot makes room: the removal below cannot leave the import without one.
+                current.store.remove(np.array([replaced], np.int64), "replaced", now)
+                current = None
+            # Room first, so that a full model refuses the import with the old session intact.
             slots = store.reserve(1)
             if slots.size == 0 and self.settings.sessions.eviction == "lru":
                 victims = store.lru_slots(1, self._lanes.busy)
@@ -676,9 +684,14 @@ class InferenceService:
                 slots = store.reserve(1)
             if slots.size == 0:
                 raise _full(store)
+            if current is not None:
+                current.store.remove(np.array([replaced], np.int64), "replaced", now)
             store.commit_new([sid], slots, now)
             slot = int(slots[0])
-            store.write(slot, snapshot, now)
+            # A creation time ahead of this server's clock (another server's) is taken as now.
+            created = min(info.created_unix, now)
+            fixed = dataclasses.replace(info, created_unix=created)
+            store.write(slot, dataclasses.replace(snapshot, info=fixed), now)
             log.debug("session imported", extra={"session_id": sid, "model": store.model})
             return store.info_at(sid, slot)
 
@@ -777,11 +790,19 @@ def _full(store: SessionStore) -> RnnServeError:
     )
 
 
-def _check_snapshot(snapshot: SessionSnapshot, m: LoadedModel) -> None:
+def _check_snapshot(snapshot: SessionSnapshot, m: LoadedModel, reject_non_finite: bool) -> None:
     info = snapshot.info
     sid = info.session_id
-    if info.step < 0:
-        raise InvalidArgument(f"snapshot of session {sid!r}: step must be >= 0, got {info.step}")
+    if not 0 <= info.step <= MAX_IMPORT_STEP:
+        raise InvalidArgument(
+            f"snapshot of session {sid!r}: step must be between 0 and {MAX_IMPORT_STEP}, got "
+            f"{info.step}"
+        )
+    if not (math.isfinite(info.created_unix) and info.created_unix >= 0):
+        raise InvalidArgument(
+            f"snapshot of session {sid!r}: created_unix must be a time in seconds since the "
+            f"epoch (or 0 for now), got {info.created_unix}"
+        )
     expected = {s.name: s for s in m.runner.states}
     names = set(snapshot.states) - {LAST_OUTPUT}
     if names != set(expected):
@@ -802,3 +823,14 @@ def _check_snapshot(snapshot: SessionSnapshot, m: LoadedModel) -> None:
             f"snapshot of session {sid!r}: {LAST_OUTPUT} must have shape "
             f"[{m.runner.output_features}]"
         )
+    if reject_non_finite:
+        # A poisoned state would fail every later step of the session (and Forecast with it).
+        for name, value in snapshot.states.items():
+            arr = np.asarray(value)
+            if name == LAST_OUTPUT and np.isnan(arr).all():
+                continue  # all NaN: no output yet (a fresh or reset session exports it so)
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise InvalidArgument(
+                    f"snapshot of session {sid!r}: state {name!r} holds NaN or Inf; such a "
+                    "session could not take another step (set limits.allow_non_finite to allow)"
+                )

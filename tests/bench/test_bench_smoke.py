@@ -79,6 +79,7 @@ def test_harness_measures_rnnserve_over_the_kserve_stream(tmp_path: Path) -> Non
     assert rows[0]["steps_per_s"] > 0
     assert rows[0]["streams"] == 3
 
+
 @pytest.mark.timeout(120)
 def test_ab_rounds_compare_variants_within_each_round() -> None:
     proc = run_module(

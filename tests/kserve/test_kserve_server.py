@@ -240,6 +240,7 @@ def test_state_output_on_request(server: Server, client: triton.InferenceServerC
     with pytest.raises(grpc.RpcError) as gone:
         server.native_sessions().GetSession(pb.SessionRef(session_id=str(sid)))
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "ended by its client (end flag)" in str(gone.value.details())  # not CloseSession
 
 
 def test_no_sequence_id_runs_statelessly(

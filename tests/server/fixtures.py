@@ -108,7 +108,7 @@ def _counter_graph() -> onnx.ModelProto:
     return _model(graph)
 
 
-def _accumulator_graph() -> onnx.ModelProto:
+def _accumulator_graph(features: int = F) -> onnx.ModelProto:
     nodes = [
         helper.make_node("CumSum", ["x", "time_axis"], ["sums"]),  # [B, T, F]
         helper.make_node("Unsqueeze", ["s_in", "one_1d"], ["s3"]),  # [B, 1, F]
@@ -124,12 +124,12 @@ def _accumulator_graph() -> onnx.ModelProto:
         nodes,
         "accumulator",
         [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", F]),
-            helper.make_tensor_value_info("s_in", TensorProto.FLOAT, ["B", F]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", features]),
+            helper.make_tensor_value_info("s_in", TensorProto.FLOAT, ["B", features]),
         ],
         [
-            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", F]),
-            helper.make_tensor_value_info("s_out", TensorProto.FLOAT, ["B", F]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", features]),
+            helper.make_tensor_value_info("s_out", TensorProto.FLOAT, ["B", features]),
         ],
         inits,
     )
@@ -237,28 +237,35 @@ def build_repository(root: Path) -> Path:
             ],
         ),
     )
+    write_accumulator(root, "accumulator", 1)
+    _write(root, _whole_graph(), _meta("whole", 1, "bidirectional", streaming=False))
+    return root
+
+
+def write_accumulator(root: Path, name: str, version: int, features: int = F) -> None:
+    """An `accumulator` model version of `features` inputs (and outputs, and state)."""
     _write(
         root,
-        _accumulator_graph(),
+        _accumulator_graph(features),
         _meta(
-            "accumulator",
-            1,
+            name,
+            version,
             "rnn",
             streaming=True,
+            input_features=features,
+            output_features=features,
             states=[
                 mr.StateTensor(
                     name="s",
                     input_name="s_in",
                     output_name="s_out",
-                    shape=[F],
+                    shape=[features],
                     dtype=mr.FLOAT32,
                     initial_value=0.0,
                 )
             ],
         ),
     )
-    _write(root, _whole_graph(), _meta("whole", 1, "bidirectional", streaming=False))
-    return root
 
 
 def load_metadata(root: Path, name: str, version: int) -> mr.ModelMetadata:

@@ -6,6 +6,7 @@ Every result is compared with an offline ONNX Runtime run of the whole sequence 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -705,6 +706,135 @@ def test_export_import_round_trip_between_services(repo: Path) -> None:
         assert svc.get_session("mv").step == 12
 
     serve(repo, second)
+
+
+def test_import_onto_a_full_model_keeps_the_session_it_would_replace(repo: Path) -> None:
+    """overwrite=True onto another, full version: RESOURCE_EXHAUSTED, and the live session it
+    was meant to replace is still there, unchanged (room is found before anything is removed);
+    with eviction=lru the least recently used session of the target makes room instead."""
+    x = data(21, 4)
+
+    async def body(svc: InferenceService) -> None:
+        await svc.step(StepInput("mover", "gru", 1, x, start=True))
+        await svc.step(StepInput("occupant", "gru", 2, x[:2], start=True))
+        snap = await svc.export_session("mover")
+        before = svc.get_session("mover")
+        moved = SessionSnapshot(dataclasses.replace(snap.info, version=2), snap.states)
+        with pytest.raises(RnnServeError) as info:
+            await svc.import_session(moved, overwrite=True)
+        assert info.value.code == ErrorCode.RESOURCE_EXHAUSTED
+        assert svc.get_session("mover") == before
+        assert (await svc.export_session("mover")).states["h"].tolist() == snap.states["h"].tolist()
+        labels = {"model": "gru", "reason": "replaced"}
+        assert sample(svc, "rnnserve_sessions_ended_total", labels) == 0
+
+    serve(repo, body, sessions={"max_sessions_per_model": 1})
+
+    async def lru(svc: InferenceService) -> None:
+        await svc.step(StepInput("mover", "gru", 1, x, start=True))
+        await svc.step(StepInput("occupant", "gru", 2, x[:2], start=True))
+        snap = await svc.export_session("mover")
+        moved = SessionSnapshot(dataclasses.replace(snap.info, version=2), snap.states)
+        info = await svc.import_session(moved, overwrite=True)
+        assert (info.version, info.step) == (2, 4)
+        assert [s.session_id for s in svc.list_sessions()[0]] == ["mover"]
+        for reason in ("replaced", "lru"):
+            assert sample(svc, "rnnserve_sessions_ended_total", {"model": "gru", "reason": reason})
+        after = await svc.export_session("mover")
+        assert after.states["h"].tolist() == snap.states["h"].tolist()
+
+    serve(repo, lru, sessions={"max_sessions_per_model": 1, "eviction": "lru"})
+
+
+def test_import_refuses_snapshots_no_session_could_continue_from(repo: Path) -> None:
+    """NaN/Inf in a state (every later step would be refused), a step count near int64's end,
+    a creation time that is not a time: INVALID_ARGUMENT, nothing created. A snapshot of a
+    session with no output yet (all-NaN last output) is fine, and a creation time ahead of this
+    server's clock is taken as now."""
+
+    async def body(svc: InferenceService) -> None:
+        await svc.step(StepInput("src", "accumulator", None, np.ones((2, 3), np.float32), True))
+        good = await svc.export_session("src")
+        await svc.close_session("src")
+        info = good.info
+
+        def with_state(value: float) -> SessionSnapshot:
+            return SessionSnapshot(info, {**good.states, "s": np.array([1, value, 2], np.float32)})
+
+        bad = {
+            "NaN state": with_state(np.nan),
+            "Inf state": with_state(np.inf),
+            "Inf last output": SessionSnapshot(
+                info, {**good.states, LAST_OUTPUT: np.array([0, np.inf, 0], np.float32)}
+            ),
+            "huge step": SessionSnapshot(dataclasses.replace(info, step=2**63 - 1), good.states),
+            "NaN created": SessionSnapshot(
+                dataclasses.replace(info, created_unix=float("nan")), good.states
+            ),
+            "negative created": SessionSnapshot(
+                dataclasses.replace(info, created_unix=-5.0), good.states
+            ),
+        }
+        for what, snap in bad.items():
+            with pytest.raises(RnnServeError) as err:
+                await svc.import_session(snap)
+            assert err.value.code == ErrorCode.INVALID_ARGUMENT, what
+            assert "src" in err.value.message, what
+            assert svc.session_count() == 0, what
+        fresh = SessionSnapshot(
+            dataclasses.replace(info, created_unix=time.time() + 1e6),
+            {**good.states, LAST_OUTPUT: np.full(3, np.nan, np.float32)},
+        )
+        imported = await svc.import_session(fresh)
+        assert imported.created_unix <= time.time()
+        y = (await svc.step(StepInput("src", "accumulator", None, np.ones((1, 3), np.float32)))).y
+        assert y.tolist() == [[3.0] * 3]
+
+    serve(repo, body)
+
+
+def test_import_of_non_finite_state_is_allowed_when_non_finite_values_are(repo: Path) -> None:
+    async def body(svc: InferenceService) -> None:
+        await svc.step(StepInput("src", "accumulator", None, np.ones((1, 3), np.float32), True))
+        good = await svc.export_session("src")
+        nan = SessionSnapshot(good.info, {**good.states, "s": np.full(3, np.nan, np.float32)})
+        assert (await svc.import_session(nan, overwrite=True)).step == 1
+
+    serve(repo, body, limits={"allow_non_finite": True})
+
+
+def test_default_version_follows_a_session_to_its_version_and_its_input_width(
+    tmp_path: Path,
+) -> None:
+    """v1 takes 3 features, v2 (the latest) 4. A step naming no version for a session on v1 is
+    checked against v1's width: the right chunk is served, a chunk of v2's width is refused
+    with INVALID_ARGUMENT on its own, and other sessions batched with it are not disturbed."""
+    from fixtures import write_accumulator
+
+    write_accumulator(tmp_path, "acc", 1, features=3)
+    write_accumulator(tmp_path, "acc", 2, features=4)
+
+    async def body(svc: InferenceService) -> None:
+        for sid in ("old", "other"):
+            await svc.step(StepInput(sid, "acc", 1, np.ones((1, 3), np.float32), start=True))
+        y = (await svc.step(StepInput("old", "acc", None, np.ones((1, 3), np.float32)))).y
+        assert y.tolist() == [[2.0] * 3]
+        results = await asyncio.gather(
+            svc.step(StepInput("other", "acc", 1, np.ones((2, 3), np.float32))),
+            svc.step(StepInput("old", "acc", None, np.ones((1, 4), np.float32))),
+            svc.step(StepInput("other", "acc", None, np.ones((1, 3), np.float32))),
+            return_exceptions=True,
+        )
+        assert isinstance(results[1], RnnServeError)
+        assert results[1].code == ErrorCode.INVALID_ARGUMENT
+        assert "3" in results[1].message
+        assert [r.y.tolist() for r in (results[0], results[2])] == [  # type: ignore[union-attr]
+            [[2.0] * 3, [3.0] * 3],
+            [[4.0] * 3],
+        ]
+        assert svc.get_session("old").step == 2
+
+    serve(tmp_path, body)
 
 
 def test_forecast_leaves_the_session_unchanged(repo: Path) -> None:
