@@ -134,8 +134,9 @@ class SessionStore:
         self._n_free = cap
         self._active = metrics.active_sessions.labels(model)
         self._bytes = metrics.state_bytes.labels(model)
+        # Versions of one model share the series: each store adds its own arena (inc, not set).
         self._arena_bytes = metrics.arena_bytes.labels(model)
-        self._arena_bytes.set(cap * self.state_nbytes)
+        self._arena_bytes.inc(cap * self.state_nbytes)
         self._created_total = metrics.sessions_created.labels(model)
         self._ended = {r: metrics.sessions_ended.labels(model, r) for r in END_REASONS}
         self._session_steps = metrics.session_steps.labels(model)
@@ -218,8 +219,8 @@ class SessionStore:
         self.last_active = resized(self.last_active)
         self.live = resized(self.live, False)
         self.ids = resized(self.ids, None)
+        self._arena_bytes.inc((new - self.capacity) * self.state_nbytes)
         self.capacity = new
-        self._arena_bytes.set(new * self.state_nbytes)
 
     def _per_slot(self) -> list[np.ndarray]:
         """Every array indexed by slot that holds a session's data."""
