@@ -9,7 +9,9 @@ ORT run per distinct chunk length T); when the run is done it scatters states ba
 the chunks. An ORT error fails that batch's chunks with INTERNAL and leaves their sessions
 untouched; rows whose outputs or new state come out NaN or Inf from finite input (a model
 overflowed by values far outside its range) fail alone with INVALID_ARGUMENT, unapplied, so a
-session's state is never poisoned for every later step.
+session's state is never poisoned for every later step. A row that is not applied changes nothing
+else either: with LRU eviction, a start on a full model only picks its victims (idle sessions,
+held in their lanes meanwhile) and evicts them when its row commits.
 
 It is driven by plain loop callbacks, not a task: a batch starts one loop iteration after its
 work became ready and is answered one iteration after ORT returns. Under ping-pong load an
@@ -128,8 +130,9 @@ class _Group:
     """Rows of one distinct T within a batch, after validation and gather."""
 
     __slots__ = (
-        "T", "end", "errors", "flags", "ids", "items", "n_ok", "new_rows", "new_slots", "ok_rows",
-        "prior", "prior_one", "slot", "slots_ok", "start", "states_in", "x_ok",
+        "T", "end", "errors", "flags", "hold", "ids", "items", "n_ok", "new_rows", "new_slots",
+        "ok_rows", "prior", "prior_one", "slot", "slots_ok", "start", "states_in", "victims",
+        "x_ok",
     )  # fmt: skip
 
     def __init__(self, items: list[Chunk]) -> None:
@@ -142,7 +145,12 @@ class _Group:
         self.end: BoolArray = _FALSE1
         self.prior: IntArray = _NO_EXPECT1  # step count before the chunk, -1 if missing
         self.new_rows: IntArray = _NO_ROWS  # rows creating a session
-        self.new_slots: IntArray = _NO_ROWS  # their reserved slots
+        self.new_slots: IntArray = _NO_ROWS  # their reserved slots (free ones; see victims)
+        # LRU eviction (a full model): sessions that make room for new_rows beyond new_slots,
+        # least recently used first. They stay live, held in their lanes by `hold`, until the
+        # group commits: only the creating rows that are applied evict (see _commit_evicting).
+        self.victims: IntArray = _NO_ROWS
+        self.hold: _EvictionHold | None = None
         self.ok_rows: IntArray | None = None  # rows that run; None: all of them
         self.n_ok = 0
         self.slots_ok: IntArray = _NO_ROWS
@@ -151,6 +159,39 @@ class _Group:
         # One live session's plain step (see Batcher._prepare_one): its slot and step count.
         self.slot = -1
         self.prior_one = 0
+
+
+class _NoOutcome:
+    """The outcome of an `_EvictionHold`: nobody waits for it."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        return True
+
+    def set_result(self, result: Any, /) -> None:
+        pass
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        pass
+
+
+_NO_OUTCOME = _NoOutcome()
+
+
+class _EvictionHold(Work):
+    """A place in the lanes of the sessions a batch may evict to make room for the sessions it
+    creates: until the batch commits (evicting) or gives up (they stay), later work on them waits,
+    so no other batch steps, and nothing closes or expires, a session about to be evicted.
+    Entered when they are idle (LRU candidates have no work queued), so it is ready at once."""
+
+    __slots__ = ()
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(ids, _NO_OUTCOME)
+
+    def on_ready(self) -> None:  # never blocked: entered on idle sessions only
+        pass
 
 
 class _Run:
@@ -519,7 +560,8 @@ class Batcher:
             else:
                 self._run_failed(run.groups, failure)
         except Exception as exc:  # a bug in this module: never leave a chunk unanswered
-            self._batch_failed(run.batch, [], exc)
+            # Groups not yet resolved give back their slots and lanes (resolved ones hold none).
+            self._batch_failed(run.batch, run.groups, exc)
         if self._ready and not self._kick_scheduled:
             self._schedule()
 
@@ -702,8 +744,10 @@ class Batcher:
         self._finish(c)
 
     def _create(self, g: _Group, slots: IntArray, creating: BoolArray, now: float) -> None:
-        """Reserve slots for the rows that start new sessions (evicting LRU sessions when
-        configured); rows that find no room fail with RESOURCE_EXHAUSTED."""
+        """Reserve slots for the rows that start new sessions; rows that find no room fail with
+        RESOURCE_EXHAUSTED. With LRU eviction, a full model's least recently used idle sessions
+        are only *picked* here (held in their lanes, still live): `_commit_evicting` evicts as
+        many as the rows that are applied need, so a row that is not applied evicts nobody."""
         store = self.store
         errors = g.errors
         new_rows = np.flatnonzero(creating)
@@ -712,32 +756,73 @@ class Batcher:
         if not new_rows.size:
             return
         new_slots = store.reserve(new_rows.size)
+        room = new_slots
         if new_slots.size < new_rows.size and self._evict_lru:
             victims = store.lru_slots(new_rows.size - new_slots.size, self.lanes.busy)
             if victims.size:
-                gone = store.remove(victims, "lru", now)
-                log.info(
-                    "evicted %d least recently used sessions",
-                    len(gone),
-                    extra={"model": self.model, "session_id": gone[0]},
-                )
-                new_slots = np.concatenate([new_slots, store.reserve(victims.size)])
-        if new_slots.size < new_rows.size:
-            for r in new_rows[new_slots.size :].tolist():
+                hold = _EvictionHold(store.ids[victims].tolist())
+                g.victims, g.hold = victims, hold  # set first: _unreserve releases it whatever
+                ready = self.lanes.enter(hold)
+                assert ready, "LRU candidates are idle sessions"
+                # The new rows gather from the victims' slots (their states are replaced by the
+                # initial state of the start), and get their slots for good at commit.
+                room = np.concatenate([new_slots, victims])
+        if room.size < new_rows.size:
+            for r in new_rows[room.size :].tolist():
                 errors[r] = ResourceExhausted(
                     f"model {self.model!r} version {self.version} holds its maximum of "
                     f"{store.max_sessions} sessions; session {g.ids[r]!r} was not created "
                     "(end or close idle sessions, or raise sessions.max_sessions_per_model)"
                 )
-            new_rows = new_rows[: new_slots.size]
-        slots[new_rows] = new_slots
+            new_rows = new_rows[: room.size]
+        slots[new_rows] = room
         g.new_rows, g.new_slots = new_rows, new_slots
 
+    def _commit_evicting(self, g: _Group, now: float) -> None:
+        """Commit the new sessions of a group that picked LRU victims (see `_create`): the rows
+        still in new_rows (the others were not applied) take the free reserved slots first, then
+        the slots of just enough victims, least recently used first, which are evicted now. The
+        other victims stay as they were; every victim's lane is released."""
+        store = self.store
+        rows, free, victims, hold = g.new_rows, g.new_slots, g.victims, g.hold
+        g.new_rows = g.new_slots = g.victims = _NO_ROWS
+        g.hold = None
+        try:
+            k = rows.size
+            if k <= free.size:
+                slots = free[:k]
+                store.release(free[k:])
+            else:
+                evict = victims[: k - free.size]
+                gone = store.remove(evict, "lru", now)
+                log.info(
+                    "evicted %d least recently used sessions",
+                    len(gone),
+                    extra={"model": self.model, "session_id": gone[0]},
+                )
+                # remove() put exactly these slots on top of the free stack.
+                slots = np.concatenate([free, store.reserve(evict.size)])
+            if k:
+                ok_rows = g.ok_rows
+                pos = rows if ok_rows is None else np.searchsorted(ok_rows, rows)
+                g.slots_ok[pos] = slots
+                store.commit_new([g.ids[r] for r in rows.tolist()], slots, now)
+        finally:
+            if hold is not None:
+                self.lanes.release(hold)
+
     def _unreserve(self, g: _Group) -> None:
+        """Nothing of the group is applied: give back its reserved slots; its LRU victims (if
+        any) stay, untouched, and their lanes are released."""
         if g.new_slots.size:
             self.store.release(g.new_slots)
             g.new_slots = _NO_ROWS
-            g.new_rows = _NO_ROWS
+        g.new_rows = _NO_ROWS
+        hold = g.hold
+        if hold is not None:
+            g.hold = None
+            g.victims = _NO_ROWS
+            self.lanes.release(hold)
 
     def _resolve(self, g: _Group, res: tuple[FloatArray, States] | None, now: float | None) -> None:
         """Scatter a run's results into the store and answer every chunk of the group."""
@@ -755,8 +840,11 @@ class Batcher:
                 y_ok, states_out = self._drop_non_finite(g, y_ok, states_out)
         ok_rows = g.ok_rows
         if y_ok is not None and now is not None and g.n_ok:
-            if g.new_rows.size:
+            if g.hold is not None:
+                self._commit_evicting(g, now)
+            elif g.new_rows.size:
                 store.commit_new([ids[r] for r in g.new_rows.tolist()], g.new_slots, now)
+                g.new_rows = g.new_slots = _NO_ROWS  # committed: nothing left to give back
             slots_ok = g.slots_ok
             for name, arr in store.states.items():
                 arr[slots_ok] = states_out[name]
@@ -774,6 +862,8 @@ class Batcher:
                 end_ok = g.end if ok_rows is None else g.end[ok_rows]
                 if end_ok.any():
                     store.remove(slots_ok[end_ok], "end", now)
+        elif g.new_slots.size or g.hold is not None:  # nothing applied: nobody is evicted
+            self._unreserve(g)
         # Position of each row among the rows that ran (-1 for failed rows).
         pos: IntArray | None = None
         if ok_rows is not None:
@@ -817,8 +907,11 @@ class Batcher:
         if g.new_rows.size:
             dropped = np.isin(g.new_rows, rows[bad])
             if dropped.any():
-                self.store.release(g.new_slots[dropped])
-                g.new_rows, g.new_slots = g.new_rows[~dropped], g.new_slots[~dropped]
+                if g.hold is None:
+                    self.store.release(g.new_slots[dropped])
+                    g.new_slots = g.new_slots[~dropped]
+                # else: _commit_evicting hands out the slots (and evicts) for the rows left.
+                g.new_rows = g.new_rows[~dropped]
         keep = np.flatnonzero(~bad)
         g.ok_rows, g.slots_ok, g.n_ok = rows[keep], g.slots_ok[keep], keep.size
         return y_ok[keep], {name: arr[keep] for name, arr in states_out.items()}
