@@ -224,6 +224,7 @@ class Batcher:
         inline_max_steps: int = 0,
         evict_lru: bool,
         describe_missing: Callable[[str, SessionStore], RnnServeError],
+        store_of: Callable[[str], SessionStore | None] = lambda _: None,
         reject_non_finite: bool = True,
         max_in_flight: int = 1,
         parallel_light_batches: bool = True,
@@ -241,6 +242,7 @@ class Batcher:
         self._inline_mean_s = 0.0  # moving average of inline run times (the first is skipped)
         self._evict_lru = evict_lru
         self._describe_missing = describe_missing
+        self._store_of = store_of  # where a session id lives now (any model version), if anywhere
         self._reject_non_finite = reject_non_finite
         self._ready: deque[Chunk] = deque()
         self._ready_rows = 0
@@ -682,7 +684,22 @@ class Batcher:
                     f"expected {int(expected[r])}; the chunk was not applied"
                 )
         if missing is not None and flags & _START:
-            self._create(g, slots, missing & start, now)
+            creating = missing & start
+            if errors:
+                creating &= ~_mask(n, errors)
+            for r in np.flatnonzero(creating).tolist():
+                # Routing chose this version when the chunk was submitted; work queued before it
+                # (an import, another model's start) may have put the id on another since.
+                other = self._store_of(ids[r])
+                if other is not None:
+                    creating[r] = False
+                    errors[r] = FailedPrecondition(
+                        f"session {ids[r]!r} lives on model {other.model!r} version "
+                        f"{other.version} (it was created or moved there while this chunk "
+                        f"waited), not on model {self.model!r} version {self.version}; the "
+                        "chunk was not applied"
+                    )
+            self._create(g, slots, creating, now)
         if errors:
             ok_rows: IntArray | None = np.flatnonzero(~_mask(n, errors))
             slots_ok = slots[ok_rows]

@@ -198,6 +198,7 @@ class InferenceService:
                         evict_lru=settings.sessions.eviction == "lru",
                         reject_non_finite=not settings.limits.allow_non_finite,
                         describe_missing=functools.partial(_describe_missing, models, recent),
+                        store_of=functools.partial(_store_of, models),
                         max_in_flight=settings.runtime.run_workers,
                         parallel_light_batches=_parallel_light_batches(settings),
                     )
@@ -743,6 +744,11 @@ def _locate(models: dict[str, dict[int, LoadedModel]], session_id: str) -> Loade
             if session_id in m.store.slot_of:
                 return m
     return None
+
+
+def _store_of(models: dict[str, dict[int, LoadedModel]], session_id: str) -> SessionStore | None:
+    m = _locate(models, session_id)
+    return None if m is None else m.store
 
 
 def _describe_missing(

@@ -25,7 +25,13 @@ from prometheus_client import CollectorRegistry
 from rnnserve_server.errors import ErrorCode, RnnServeError
 from rnnserve_server.service import InferenceService
 from rnnserve_server.store import LAST_OUTPUT
-from rnnserve_server.types import FrameInput, SessionSnapshot, StepInput
+from rnnserve_server.types import (
+    FrameInput,
+    SessionInfo,
+    SessionSnapshot,
+    StepInput,
+    StepOutput,
+)
 
 TOL = 1e-5
 
@@ -836,6 +842,51 @@ def test_default_version_follows_a_session_to_its_version_and_its_input_width(
         assert svc.get_session("old").step == 2
 
     serve(tmp_path, body)
+
+
+def test_one_id_never_lives_on_two_model_versions(repo: Path) -> None:
+    """Routing picks a version when a chunk is submitted; work queued ahead of it may put the
+    id elsewhere before it runs. A start that would then create a second session of the same id
+    is refused with FAILED_PRECONDITION: (a) a start queued behind an import that moves the
+    session to another version; (b) a start for another model queued behind an admin operation
+    that is itself behind the id's creation on the first model."""
+    x = data(31, 3)
+    ones = np.ones((1, 3), np.float32)
+
+    async def body(svc: InferenceService) -> None:
+        await svc.step(StepInput("mv", "gru", 2, x[:2], start=True))
+        snap = await svc.export_session("mv")
+        to_v1 = SessionSnapshot(dataclasses.replace(snap.info, version=1), snap.states)
+        busy, imported, started = await asyncio.gather(  # the import waits for the busy step
+            svc.step(StepInput("mv", "gru", 2, np.tile(x[:1], (500, 1)))),
+            svc.import_session(to_v1, overwrite=True),
+            svc.step(StepInput("mv", "gru", None, x[2:], start=True)),
+            return_exceptions=True,
+        )
+        assert isinstance(busy, StepOutput)
+        assert busy.step == 502
+        assert isinstance(imported, SessionInfo)
+        assert imported.version == 1
+        assert isinstance(started, RnnServeError), started
+        assert started.code == ErrorCode.FAILED_PRECONDITION
+        assert "version 1" in started.message
+        assert [(i.session_id, i.version, i.step) for i in svc.list_sessions()[0]] == [("mv", 1, 2)]
+
+        _, exported, second = await asyncio.gather(
+            svc.step(StepInput("two", "accumulator", None, ones, start=True)),
+            svc.export_session("two"),
+            svc.step(StepInput("two", "gru", None, x[:1], start=True)),
+            return_exceptions=True,
+        )
+        assert isinstance(exported, SessionSnapshot)
+        assert exported.info.model == "accumulator"
+        assert isinstance(second, RnnServeError), second
+        assert second.code == ErrorCode.FAILED_PRECONDITION
+        assert "accumulator" in second.message
+        assert svc.get_session("two").model == "accumulator"
+        assert svc.session_count() == 2
+
+    serve(repo, body)
 
 
 def test_forecast_leaves_the_session_unchanged(repo: Path) -> None:
