@@ -5,7 +5,8 @@ Stream multiplexes sessions. A step is validated and queued as soon as it is rea
 answered inside the batch that computed it (`stream_steps.StreamSteps`): no task and no future
 per message, since on the ping-pong path every event-loop hop costs throughput. Frames, rarer and
 larger, run as tasks. Replies go out as they finish, except that a reply never overtakes an
-earlier reply of the same session on the same stream.
+earlier reply of the same session on the same stream (`stream_steps.ReplyOrder`, which orders a
+frame's reply with the replies of every session it names, and rejections with the rest).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -26,7 +28,7 @@ from rnnserve_server.grpc_api import convert
 from rnnserve_server.grpc_api.drain import EOF, StreamDrain, StreamReplies
 from rnnserve_server.grpc_api.recording import Recorder
 from rnnserve_server.grpc_api.status import abort, as_service_error, code_name, status_proto
-from rnnserve_server.grpc_api.stream_steps import StreamSteps
+from rnnserve_server.grpc_api.stream_steps import Later, StreamSteps
 from rnnserve_server.service import InferenceService
 
 log = logging.getLogger(__name__)
@@ -70,9 +72,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         submit_step = steps.submit
         frames: set[asyncio.Task[pb.StreamResponse]] = set()
 
-        def frame_done(task: asyncio.Task[pb.StreamResponse]) -> None:
+        def frame_done(
+            reply: Later[pb.StreamResponse], task: asyncio.Task[pb.StreamResponse]
+        ) -> None:
             frames.discard(task)
-            put(None if task.cancelled() else task.result())
+            reply.answer(None if task.cancelled() else task.result())
 
         async def read() -> None:
             read_next = context.read  # cheaper than iterating request_iterator, which wraps it
@@ -83,9 +87,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 if kind == "step":
                     submit_step(request.step)
                 elif kind == "frame":
+                    # Its reply takes its place among its sessions' replies now, as read.
+                    reply = steps.later(request.frame.session_ids)
                     task = loop.create_task(self._stream_frame(request.frame))
                     frames.add(task)
-                    task.add_done_callback(frame_done)
+                    task.add_done_callback(partial(frame_done, reply))
                 else:
                     put(pb.StreamResponse(step=pb.StepResponse(status=status_proto(_NO_KIND))))
 

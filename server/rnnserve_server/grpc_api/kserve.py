@@ -181,17 +181,22 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         """Plain sequence steps are submitted as they are read and answered from their batch
         (`kserve_stream`); any other request becomes a task. Either way work reaches the service
         in arrival order, so chunks of one sequence apply in order; replies go out as they
-        finish. A failed request gets a reply with `error_message` and the stream stays open."""
+        finish, except that a reply never overtakes an earlier reply of its sequence (a task's
+        reply takes its place among them as the request is read: `KServeSteps.sender`). A
+        failed request gets a reply with `error_message` and the stream stays open."""
         loop = asyncio.get_running_loop()
         replies: StreamReplies[kpb.ModelStreamInferResponse] = StreamReplies(context.write)
         steps = KServeSteps(self._service, self._rec, self._metadata, self._counter, replies.put)
         inflight: set[asyncio.Task[kpb.ModelStreamInferResponse]] = set()
         unstarted: set[asyncio.Future[Any]] = set()  # tasks that have not submitted their work
 
-        def finished(task: asyncio.Task[kpb.ModelStreamInferResponse]) -> None:
+        def finished(
+            send: Callable[[kpb.ModelStreamInferResponse | None], None],
+            task: asyncio.Task[kpb.ModelStreamInferResponse],
+        ) -> None:
             inflight.discard(task)
             unstarted.discard(task)  # cancelled before it ran
-            replies.put(None if task.cancelled() else task.result())
+            send(None if task.cancelled() else task.result())
 
         async def general(request: kpb.ModelInferRequest) -> kpb.ModelStreamInferResponse:
             unstarted.discard(asyncio.current_task())
@@ -206,10 +211,11 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
                     await asyncio.sleep(0)
                 if steps.try_submit(request):
                     continue
+                send = steps.sender(request)  # its place in its sequence's reply order
                 task = loop.create_task(general(request))
                 inflight.add(task)
                 unstarted.add(task)
-                task.add_done_callback(finished)
+                task.add_done_callback(functools.partial(finished, send))
 
         await self._drain.serve(context, read, replies)
 
