@@ -282,6 +282,11 @@ class InferenceService:
     def _locate(self, session_id: str) -> LoadedModel | None:
         return _locate(self._models, session_id)
 
+    def model_of(self, session_id: str) -> str:
+        """The model a live session belongs to, "" when none (for metric labels)."""
+        m = self._locate(session_id)
+        return "" if m is None else m.name
+
     def _missing(self, session_id: str, asked: SessionStore) -> RnnServeError:
         return _describe_missing(self._models, self._recent, session_id, asked)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -12,6 +14,7 @@ import pytest
 from fixtures import offline
 from grpc_helpers import (
     PingPong,
+    ServerProcess,
     Stubs,
     array,
     assert_close,
@@ -268,6 +271,29 @@ def test_forecast_rolls_out_and_leaves_the_session_unchanged(
     )
     assert_close(array(rest.output), _reference(repository, meta, x)[6:])
 
+
+def test_forecast_waits_for_a_session_whose_start_is_queued(
+    make_server: Callable[..., ServerProcess], catalog: dict[str, mr.ModelMetadata]
+) -> None:
+    """Forecast, like every admin operation, sees the work submitted before it: a session whose
+    start is still queued (a long batch delay holds it) is forecast once created, not NOT_FOUND."""
+    auto = [m for m in catalog.values() if m.streaming and m.autoregressive]
+    if not auto:
+        pytest.skip("no autoregressive model in the repository")
+    meta = auto[0]
+    server = make_server("--max-queue-delay-ms", "800")
+    x = raw_input(meta, np.random.default_rng(12), 3)
+    with server.channel() as channel:
+        stubs = Stubs(channel)
+        start = stubs.inference.Step.future(
+            pb.StepRequest(session_id="fc-queued", model=meta.name, input=tensor(x), start=True)
+        )
+        time.sleep(0.3)  # the start is in the session's lane, its batch still waiting
+        assert not start.done()
+        reply = stubs.inference.Forecast(pb.ForecastRequest(session_id="fc-queued", horizon=2))
+        assert start.result().step == 3
+    assert reply.step == 3
+    assert array(reply.output).shape == (2, meta.output_features)
 
 def test_forecast_refused_for_non_autoregressive_model(fixture_stubs: Stubs) -> None:
     stubs = fixture_stubs  # its `counter` model is streaming but not autoregressive

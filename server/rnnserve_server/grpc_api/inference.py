@@ -191,15 +191,18 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     @override
     async def Forecast(self, request: pb.ForecastRequest, context: Context) -> pb.ForecastResponse:
         started = perf_counter()
-        model = ""
+        sid = request.session_id
         try:
-            model = self._service.get_session(request.session_id).model
-            y, step = await self._service.forecast(request.session_id, request.horizon)
+            # The service waits for the session's earlier work (its creation may be queued), so
+            # the model label is looked up afterwards, not before.
+            y, step = await self._service.forecast(sid, request.horizon)
         except Exception as exc:
             error = as_service_error(exc)
+            model = self._service.model_of(sid)
             self._rec.request(model, "forecast", code_name(error.code), perf_counter() - started)
             await abort(context, error)
         response = convert.forecast_response(y, step, request)
+        model = self._service.model_of(sid)
         self._rec.request(model, "forecast", _OK, perf_counter() - started, len(y))
         return response
 
