@@ -295,6 +295,7 @@ def test_forecast_waits_for_a_session_whose_start_is_queued(
     assert reply.step == 3
     assert array(reply.output).shape == (2, meta.output_features)
 
+
 def test_forecast_refused_for_non_autoregressive_model(fixture_stubs: Stubs) -> None:
     stubs = fixture_stubs  # its `counter` model is streaming but not autoregressive
     x = np.zeros((2, 3), np.float32)
