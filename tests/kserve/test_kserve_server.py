@@ -267,6 +267,40 @@ def test_explicit_versions(server: Server, client: triton.InferenceServerClient)
     assert _status(exc) == "StatusCode.NOT_FOUND"
 
 
+def test_latest_version_follows_a_sequence_to_its_version(tmp_path: Path) -> None:
+    """A sequence started on version 1 of a two-version model continues there when later
+    requests name no version (""), over infer() and over the stream, as native sessions do."""
+    from fixtures import build_repository
+
+    repository = build_repository(tmp_path)
+    runner = ServerThread(server_settings(repository))
+    port = runner.start()
+    meta = models_in(repository)["gru"]
+    x = _raw(meta, 6, seed=41)
+    chunks = _split(x, (2, 2, 2))
+    sid = next(_ids)
+    try:
+        with triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
+            first = client.infer(
+                "gru", _inputs(chunks[0]), model_version="1", sequence_id=sid, sequence_start=True
+            )
+            second = client.infer("gru", _inputs(chunks[1]), sequence_id=sid)
+            replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
+            client.start_stream(callback=lambda result, error: replies.put((result, error)))
+            try:
+                client.async_stream_infer("gru", _inputs(chunks[2]), sequence_id=sid)
+                ((third, error),) = _collect(replies, 1)
+            finally:
+                client.stop_stream()
+    finally:
+        runner.stop()
+    assert error is None
+    results = (first, second, third)
+    assert [r.get_response().model_version for r in results] == ["1"] * 3
+    ys = np.concatenate([r.as_numpy("y")[0] for r in results])
+    np.testing.assert_allclose(ys, offline(repository, "gru", 1, x), **TOL)
+
+
 def test_batch_is_limited_to_max_batch_size(
     server: Server, client: triton.InferenceServerClient
 ) -> None:

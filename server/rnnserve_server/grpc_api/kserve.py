@@ -277,7 +277,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         chunk = StepInput(
             session_id=sequence.session_id or "",
             model=meta.name,
-            version=int(meta.version),
+            # "" (latest) follows the sequence to its version, as the native API's version 0 does.
+            version=conv.parse_version(request.model_version),
             x=conv.sequence_chunk(x, meta.name),
             start=sequence.start,
             end=end_here,

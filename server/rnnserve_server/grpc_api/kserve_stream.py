@@ -142,7 +142,8 @@ class KServeSteps:
         chunk = StepInput(
             session_id=sequence.session_id or "",
             model=meta.name,
-            version=int(meta.version),
+            # "" (latest) follows the sequence to its version, as the native API's version 0 does.
+            version=conv.parse_version(request.model_version),
             x=x,
             start=sequence.start,
             end=sequence.end,
