@@ -71,26 +71,35 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         )
         submit_step = steps.submit
         frames: set[asyncio.Task[pb.StreamResponse]] = set()
+        unstarted: set[asyncio.Future[pb.StreamResponse]] = set()  # frames not yet submitted
 
         def frame_done(
             reply: Later[pb.StreamResponse], task: asyncio.Task[pb.StreamResponse]
         ) -> None:
             frames.discard(task)
+            unstarted.discard(task)  # cancelled before it ran
             reply.answer(None if task.cancelled() else task.result())
+
+        async def framed(request: pb.FrameRequest) -> pb.StreamResponse:
+            unstarted.discard(asyncio.current_task())
+            return await self._stream_frame(request)  # submits before it first waits
 
         async def read() -> None:
             read_next = context.read  # cheaper than iterating request_iterator, which wraps it
             while (request := await read_next()) is not EOF:
                 assert isinstance(request, pb.StreamRequest)
                 replies.expect()
+                while unstarted:  # a frame read earlier submits first: arrival order
+                    await asyncio.sleep(0)
                 kind = request.WhichOneof("kind")
                 if kind == "step":
                     submit_step(request.step)
                 elif kind == "frame":
                     # Its reply takes its place among its sessions' replies now, as read.
                     reply = steps.later(request.frame.session_ids)
-                    task = loop.create_task(self._stream_frame(request.frame))
+                    task = loop.create_task(framed(request.frame))
                     frames.add(task)
+                    unstarted.add(task)
                     task.add_done_callback(partial(frame_done, reply))
                 else:
                     put(pb.StreamResponse(step=pb.StepResponse(status=status_proto(_NO_KIND))))
