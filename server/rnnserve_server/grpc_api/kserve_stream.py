@@ -4,10 +4,12 @@ like the native Stream's steps (`stream_steps`), instead of costing a task, a co
 future per request. Everything else on the stream (stateless requests, state outputs, requests
 that fail to parse) takes the servicer's general path.
 
-Order: replies of one sequence go out in the order its requests arrived, through the stream's
-`stream_steps.ReplyOrder`, like the native Stream's: a rejected step waits for the sequence's
-replies in flight, a general request's reply (`KServeSteps.sender`) for those of its sequence,
-and a step behind a reply that waits holds its result until that one is out.
+Order: replies of one sequence go out in the order its requests arrived, kept as the native
+Stream's are (`stream_steps.OrderedSteps` and its `ReplyOrder`): a rejected step waits for the
+sequence's replies in flight, a general request's reply (`KServeSteps.sender`) for those of its
+sequence, and a step behind a reply that waits holds its result until that one is out. What
+`KServeStep` and `KServeSteps` add to that shared ordering: how a request is parsed into a step,
+and how its result or failure becomes a reply (with KServe's statistics).
 
 Also here: how a failed stream request is told (`stream_error`), and how a step's NOT_FOUND is
 put in the protocol's terms (`explain`), since both paths answer errors the same way.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from functools import partial
 from time import perf_counter_ns
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,7 @@ from rnnserve_server.errors import ErrorCode, Internal, NotFound, RnnServeError
 from rnnserve_server.grpc_api import kserve_convert as conv
 from rnnserve_server.grpc_api.recording import Recorder
 from rnnserve_server.grpc_api.status import as_service_error, code_name
-from rnnserve_server.grpc_api.stream_steps import Later, Pending, ReplyOrder
+from rnnserve_server.grpc_api.stream_steps import OrderedStep, OrderedSteps
 from rnnserve_server.types import StepInput
 
 if TYPE_CHECKING:
@@ -43,24 +44,12 @@ Metadata = Callable[[str, str], repo_pb2.ModelMetadata]
 Counters = Callable[[str, int], conv.ModelCounters]
 
 
-class KServeStep(Pending):
+class KServeStep(OrderedStep[kpb.ModelInferRequest]):
     """One streamed sequence step in flight: the `Outcome` the batcher resolves."""
 
-    __slots__ = (
-        "chunk",
-        "meta",
-        "model",
-        "owner",
-        "request",
-        "resolved",
-        "sequence",
-        "session_id",
-        "started",
-        "stash",
-        "version",
-    )
+    __slots__ = ("chunk", "meta", "sequence")
 
-    stash: tuple[StepResult | None, BaseException | None] | None
+    started: int  # perf_counter_ns(): KServe's statistics count nanoseconds
 
     def __init__(
         self,
@@ -71,38 +60,13 @@ class KServeStep(Pending):
         chunk: StepInput,
         started: int,
     ) -> None:
-        self.owner = owner
-        self.request = request
+        super().__init__(owner, request, started)
         self.meta = meta
         self.sequence = sequence
         self.chunk = chunk
-        self.started = started
-        self.resolved = False
-        self.after = None
-        self.waiting = 0  # 1 while it waits for an earlier reply of its sequence
-        self.session_id = ""
-        self.model = ""
-        self.version = 0
-        # `stash`, the (result, error) resolved while waiting, is set only then.
-
-    def done(self) -> bool:
-        return self.resolved
-
-    def set_result(self, result: StepResult, /) -> None:
-        self.resolved = True
-        self.owner.answer(self, result)
-
-    def set_exception(self, exception: BaseException, /) -> None:
-        self.resolved = True
-        self.owner.fail(self, exception)
-
-    def release(self) -> None:
-        self.waiting -= 1
-        if not self.waiting:
-            self.owner.unheld(self)
 
 
-class KServeSteps:
+class KServeSteps(OrderedSteps[KServeStep, kpb.ModelStreamInferResponse]):
     """Submits one stream's plain sequence steps and answers them through `put` (exactly one
     `put` per submitted step); `sender` orders the stream's other replies with them."""
 
@@ -114,13 +78,9 @@ class KServeSteps:
         counters: Counters,
         put: Put,
     ) -> None:
-        self._service = service
-        self._rec = recorder
+        super().__init__(service, recorder, put)
         self._metadata = metadata
         self._counters = counters
-        self._put = put
-        self._order = ReplyOrder()
-        self._tails = self._order.tails
 
     def try_submit(self, request: kpb.ModelInferRequest) -> bool:
         """Submit `request` if it is a plain sequence step; False leaves it to the general
@@ -148,20 +108,7 @@ class KServeSteps:
             start=sequence.start,
             end=sequence.end,
         )
-        step = KServeStep(self, request, meta, sequence, chunk, started)
-        order = self._order
-        if order.waiting:
-            order.queue_behind(step, chunk.session_id)
-        try:
-            step.session_id, step.model, step.version = self._service.submit_step(chunk, step)
-        except Exception as exc:  # rejected before anything was queued: answer in turn
-            if step.waiting:  # already queued behind the sequence's replies: answer it there
-                step.set_exception(exc)
-            else:
-                order.reply_after(chunk.session_id, partial(self.fail, step, exc))
-            return True
-        if not step.resolved or step.waiting:
-            self._tails[step.session_id] = step
+        self._submit(KServeStep(self, request, meta, sequence, chunk, started), chunk)
         return True
 
     def sender(self, request: kpb.ModelInferRequest) -> Put:
@@ -175,26 +122,9 @@ class KServeSteps:
             return self._put
         if not session_id:
             return self._put
-        return Later(self._order, self._put, (session_id,)).answer
+        return self.later((session_id,)).answer
 
-    def unheld(self, step: KServeStep) -> None:
-        """`step` waited for an earlier reply and now waits for nothing: answer it if the
-        batcher already resolved it."""
-        self._order.waiting -= 1
-        if step.resolved:
-            stash, step.stash = step.stash, None
-            assert stash is not None
-            result, error = stash
-            if error is None:
-                assert result is not None
-                self.answer(step, result)
-            else:
-                self.fail(step, error)
-
-    def answer(self, step: KServeStep, result: StepResult) -> None:
-        if step.waiting:
-            step.stash = (result, None)
-            return
+    def reply_result(self, step: KServeStep, result: StepResult) -> None:
         try:
             y = result.y[None]
             response = conv.infer_response(
@@ -212,33 +142,22 @@ class KServeSteps:
         except Exception as exc:  # a bug here must not stop the batch answering everyone else
             log.exception("answering a KServe stream step failed")
             reply = stream_error(step.request, Internal(f"internal error: {exc}"))
-        self._sent(step, reply)
+        self._put(reply)
 
-    def fail(self, step: KServeStep, exc: BaseException) -> None:
-        if step.waiting:
-            step.stash = (None, exc)
-            return
+    def reply_failure(self, step: KServeStep, error: BaseException) -> None:
         try:
-            error = explain(as_service_error(exc), step.chunk)
+            failure = explain(as_service_error(error), step.chunk)
             elapsed = perf_counter_ns() - step.started
-            self._rec.request(step.request.model_name, METHOD, code_name(error.code), elapsed / 1e9)
+            self._rec.request(
+                step.request.model_name, METHOD, code_name(failure.code), elapsed / 1e9
+            )
             version = step.version or int(step.meta.version)
             self._counters(step.meta.name, version).record(ok=False, batch=1, elapsed_ns=elapsed)
-            reply = stream_error(step.request, error)
+            reply = stream_error(step.request, failure)
         except Exception as bug:  # a bug here must not stop the batch answering everyone else
             log.exception("answering a failed KServe stream step failed")
             reply = stream_error(step.request, Internal(f"internal error: {bug}"))
-        self._sent(step, reply)
-
-    def _sent(self, step: KServeStep, reply: kpb.ModelStreamInferResponse) -> None:
-        """Send `step`'s reply, then let out the replies queued behind it."""
-        if self._tails.get(step.session_id) is step:
-            del self._tails[step.session_id]
         self._put(reply)
-        after = step.after
-        if after is not None:
-            step.after = None
-            self._order.let_out(after)
 
 
 def explain(error: RnnServeError, chunk: StepInput) -> RnnServeError:

@@ -1,5 +1,6 @@
 """The streamed steps of one Stream call: submitted as they are read, answered from the batch;
-and the reply order of a stream (`ReplyOrder`), which KServe's ModelStreamInfer shares.
+and what KServe's ModelStreamInfer shares with them: a stream's reply order (`ReplyOrder`) and the
+step answered in its turn (`OrderedStep`, submitted by an `OrderedSteps`).
 
 Each chunk becomes a `StreamStep`, the `Outcome` the batcher resolves: a plain slots object whose
 `set_result` builds the reply and hands it to the stream's writer at once, inside the batch that
@@ -21,6 +22,10 @@ A step behind a plain step needs nothing: the batcher resolves one session's chu
 order and a plain step is answered the moment it is resolved. So while no reply of the stream
 waits (`ReplyOrder.waiting == 0`, always so on a ping-pong stream of steps) a step does not even
 look at the tails: its cost is the `tails` entry it leaves while in flight.
+
+That ordering of steps is `OrderedStep`'s and `OrderedSteps`'; the native classes (`StreamStep`,
+`StreamSteps`) and KServe's (`kserve_stream`) add only how a request is submitted and how a
+step's result or failure becomes a reply.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
 from time import perf_counter
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from rnnserve_proto import rnnserve_pb2 as pb
 from rnnserve_server.batcher import StepResult
@@ -39,11 +44,14 @@ from rnnserve_server.grpc_api import convert
 from rnnserve_server.grpc_api.recording import Recorder
 from rnnserve_server.grpc_api.status import as_service_error, code_name
 from rnnserve_server.service import InferenceService
+from rnnserve_server.types import StepInput
 
 log = logging.getLogger(__name__)
 
 _OK = code_name(ErrorCode.OK)
-R = TypeVar("R")
+R = TypeVar("R")  # a stream's reply message
+RequestT = TypeVar("RequestT")  # a stream's request message
+StepT = TypeVar("StepT", bound="OrderedStep[Any]")
 Put = Callable[[pb.StreamResponse | None], None]
 ReplyError = Callable[[pb.StepRequest, RnnServeError, float], None]
 
@@ -173,21 +181,32 @@ class Later(Pending, Generic[R]):
             order.let_out(after)
 
 
-class StreamStep(Pending):
-    """One streamed chunk in flight (see the module docstring)."""
+class OrderedStep(Pending, Generic[RequestT]):
+    """A streamed step in flight, the `Outcome` the batcher resolves, answered in its turn (see
+    the module docstring); its `owner` says what the reply is. A protocol's step class adds only
+    fields of its own."""
 
-    __slots__ = ("model", "request", "resolved", "sid", "started", "stash", "steps", "version")
+    __slots__ = (
+        "model",
+        "owner",
+        "request",
+        "resolved",
+        "session_id",
+        "started",
+        "stash",
+        "version",
+    )
 
     stash: tuple[StepResult | None, BaseException | None] | None
 
-    def __init__(self, steps: StreamSteps, request: pb.StepRequest, started: float) -> None:
-        self.steps = steps
+    def __init__(self, owner: OrderedSteps[Any, Any], request: RequestT, started: float) -> None:
+        self.owner = owner
         self.request = request
         self.started = started
         self.resolved = False
         self.after = None
         self.waiting = 0  # 1 while it waits for an earlier reply of its session
-        self.sid = ""
+        self.session_id = ""  # where the service put it: set once it is submitted
         self.model = ""
         self.version = 0
         # `stash`, the (result, error) resolved while waiting, is set only then.
@@ -195,21 +214,99 @@ class StreamStep(Pending):
     def done(self) -> bool:
         return self.resolved
 
-    def set_result(self, result: StepResult, /) -> None:
+    def answer(self, result: StepResult | None, error: BaseException | None = None, /) -> None:
+        """Resolved: reply (unless it waits its turn), then let out the replies queued behind
+        it."""
         self.resolved = True
-        self.steps.answer(self, result, None)
+        if self.waiting:
+            self.stash = (result, error)
+            return
+        owner = self.owner
+        tails = owner.tails
+        if tails.get(self.session_id) is self:
+            del tails[self.session_id]
+        if result is not None:
+            owner.reply_result(self, result)
+        else:
+            assert error is not None
+            owner.reply_failure(self, error)
+        after = self.after
+        if after is not None:
+            self.after = None
+            owner.order.let_out(after)
+
+    set_result = answer  # the same function, not a call to it: one call less per step
 
     def set_exception(self, exception: BaseException, /) -> None:
-        self.resolved = True
-        self.steps.answer(self, None, exception)
+        self.answer(None, exception)
 
     def release(self) -> None:
         self.waiting -= 1
-        if not self.waiting:
-            self.steps.unheld(self)
+        if self.waiting:
+            return
+        # It waits for nothing now: answer it if the batcher already resolved it.
+        self.owner.order.waiting -= 1
+        if self.resolved:
+            stash, self.stash = self.stash, None
+            assert stash is not None
+            self.answer(*stash)
 
 
-class StreamSteps:
+class OrderedSteps(Generic[StepT, R]):
+    """Submits one stream's steps in their sessions' reply order and orders the stream's other
+    replies with them (`later`); `put` is the stream's reply writer. A protocol's class says how
+    a request becomes a step (calling `_submit`) and how a step's result or failure becomes a
+    reply (`reply_result`, `reply_failure`: each `put`s exactly once)."""
+
+    def __init__(
+        self, service: InferenceService, recorder: Recorder, put: Callable[[R | None], None]
+    ) -> None:
+        self._service = service
+        self._rec = recorder
+        self._put = put
+        self.order = ReplyOrder()
+        self.tails = self.order.tails  # also read by the steps, which answer themselves
+
+    def _submit(self, step: StepT, chunk: StepInput) -> None:
+        """Submit `step`, its request read as `chunk`; a rejection is answered in its turn."""
+        order = self.order
+        if order.waiting:
+            order.queue_behind(step, chunk.session_id)
+        try:
+            step.session_id, step.model, step.version = self._service.submit_step(chunk, step)
+        except Exception as exc:  # each request gets its own reply; the stream stays up
+            if step.waiting:  # already queued behind the session's replies: answer it there
+                step.set_exception(exc)
+            else:
+                self._reject(step, chunk.session_id, exc)
+            return
+        if not step.resolved or step.waiting:
+            self.tails[step.session_id] = step
+
+    def _reject(self, step: StepT, session_id: str, exc: BaseException) -> None:
+        """`step`, not queued, failed: answer it once its session's replies in flight are out."""
+        self.order.reply_after(session_id, partial(step.set_exception, exc))
+
+    def later(self, session_ids: Iterable[str]) -> Later[R]:
+        """A reply made elsewhere, for these sessions, ordered with theirs (`Later.answer` it)."""
+        return Later(self.order, self._put, session_ids)
+
+    def reply_result(self, step: StepT, result: StepResult) -> None:
+        """Send `step`'s reply for the batcher's result."""
+        raise NotImplementedError
+
+    def reply_failure(self, step: StepT, error: BaseException) -> None:
+        """Send `step`'s reply for its failure (a service error, or a bug of ours)."""
+        raise NotImplementedError
+
+
+class StreamStep(OrderedStep[pb.StepRequest]):
+    """One streamed chunk in flight (see the module docstring)."""
+
+    __slots__ = ()
+
+
+class StreamSteps(OrderedSteps[StreamStep, pb.StreamResponse]):
     """Submits one stream's steps and answers them; `put` is the stream's reply writer and
     `reply_error` answers a rejected chunk (exactly one `put` per chunk either way). `later`
     orders the stream's other replies (frames) with the steps."""
@@ -217,82 +314,40 @@ class StreamSteps:
     def __init__(
         self, service: InferenceService, recorder: Recorder, put: Put, reply_error: ReplyError
     ) -> None:
-        self._service = service
-        self._rec = recorder
-        self._put = put
+        super().__init__(service, recorder, put)
         self._reply_error = reply_error
-        self._order = ReplyOrder()
-        self._tails = self._order.tails
 
     def submit(self, request: pb.StepRequest) -> None:
-        started = perf_counter()
-        step = StreamStep(self, request, started)
-        order = self._order
-        if order.waiting:
-            order.queue_behind(step, request.session_id)
+        step = StreamStep(self, request, perf_counter())
         try:
-            sid, model, version = self._service.submit_step(convert.step_input(request), step)
-        except Exception as exc:  # each request gets its own reply; the stream stays up
-            error = as_service_error(exc)
-            if step.waiting:  # already queued behind the session's replies: answer it there
-                step.set_exception(error)
-            else:
-                order.reply_after(
-                    request.session_id, partial(self._reply_error, request, error, started)
-                )
+            chunk = convert.step_input(request)
+        except Exception as exc:  # a malformed chunk: rejected in its turn, as the service's are
+            self._reject(step, request.session_id, exc)
             return
-        step.sid, step.model, step.version = sid, model, version
-        if not step.resolved or step.waiting:
-            self._tails[sid] = step
+        self._submit(step, chunk)
 
-    def later(self, session_ids: Iterable[str]) -> Later[pb.StreamResponse]:
-        """A reply made elsewhere, for these sessions, ordered with theirs (`Later.answer` it)."""
-        return Later(self._order, self._put, session_ids)
-
-    def unheld(self, step: StreamStep) -> None:
-        """`step` waited for an earlier reply and now waits for nothing: answer it if the
-        batcher already resolved it."""
-        self._order.waiting -= 1
-        if step.resolved:
-            stash, step.stash = step.stash, None
-            assert stash is not None
-            result, error = stash
-            self.answer(step, result, error)
-
-    def answer(
-        self, step: StreamStep, result: StepResult | None, error: BaseException | None
-    ) -> None:
-        """The batcher resolved `step`: reply (unless it waits its turn), then let out the
-        replies queued behind it."""
-        if step.waiting:
-            step.stash = (result, error)
-            return
-        if self._tails.get(step.sid) is step:
-            del self._tails[step.sid]
+    def reply_result(self, step: StreamStep, result: StepResult) -> None:
         try:
-            if result is None:
-                assert error is not None
-                self._reply_error(step.request, as_service_error(error), step.started)
-            else:
-                response = pb.StreamResponse()
-                y = result.y
-                convert.fill_step_response(
-                    response.step,
-                    step.sid,
-                    step.request.request_id,
-                    step.model,
-                    step.version,
-                    y,
-                    result.step,
-                )
-                self._rec.request(
-                    step.model, "stream_step", _OK, perf_counter() - step.started, len(y)
-                )
-                self._put(response)
+            response = pb.StreamResponse()
+            y = result.y
+            convert.fill_step_response(
+                response.step,
+                step.session_id,
+                step.request.request_id,
+                step.model,
+                step.version,
+                y,
+                result.step,
+            )
+            self._rec.request(step.model, "stream_step", _OK, perf_counter() - step.started, len(y))
+            self._put(response)
         except Exception:  # a bug here must not stop the batch answering everyone else
             log.exception("answering a streamed step failed")
             self._put(None)
-        after = step.after
-        if after is not None:
-            step.after = None
-            self._order.let_out(after)
+
+    def reply_failure(self, step: StreamStep, error: BaseException) -> None:
+        try:
+            self._reply_error(step.request, as_service_error(error), step.started)
+        except Exception:  # as above
+            log.exception("answering a streamed step failed")
+            self._put(None)
