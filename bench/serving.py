@@ -37,6 +37,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench import compute_floor, memory
 from bench.loadgen import LoadResult, LoadSpec, run_load
@@ -347,70 +348,63 @@ def run_pingpong_system(
     except Exception as exc:
         server.stop()
         return _failed_server(system, sessions, args, exc)
+
+    def point(row_system: str, load: str, n: int, clients: int, **spec_args: Any) -> None:
+        """Measure one load against the server: a row, or a failed row."""
+        spec = LoadSpec(
+            target=server.target,
+            model=model.name,
+            features=model.metadata.input_features,
+            out_features=model.metadata.output_features,
+            warmup_s=args.warmup,
+            duration_s=args.duration,
+            **spec_args,
+        )
+        try:
+            r = run_load(spec, clients, server.pid)
+        except Exception as exc:
+            rows.append(_failed(row_system, load, n, exc))
+            return
+        rows.append(_row_from(row_system, load, r))
+        _log(
+            f"{row_system} N={n}: {r.steps_per_s:,.0f} steps/s p50 {r.p50_ms:.2f} ms "
+            f"p99 {r.p99_ms:.2f} ms errors {r.errors} {r.first_error}"
+        )
+
     try:
         for n in sessions:
-            spec = LoadSpec(
-                target=server.target,
-                model=model.name,
+            point(
+                system,
+                "ping-pong",
+                n,
+                min(args.clients, n),
                 mode="step",
                 sessions=n,
                 sessions_per_stream=args.sessions_per_stream,
-                features=model.metadata.input_features,
-                out_features=model.metadata.output_features,
-                warmup_s=args.warmup,
-                duration_s=args.duration,
                 prefix=f"{run_id}-{system}-n{n}",
             )
-            try:
-                r = run_load(spec, min(args.clients, n), server.pid)
-                rows.append(_row_from(system, "ping-pong", r))
-                _log(
-                    f"{system} N={n}: {r.steps_per_s:,.0f} steps/s p50 {r.p50_ms:.2f} ms "
-                    f"p99 {r.p99_ms:.2f} ms errors {r.errors} {r.first_error}"
-                )
-            except Exception as exc:
-                rows.append(_failed(system, "ping-pong", n, exc))
         if frames:
-            spec = LoadSpec(
-                target=server.target,
-                model=model.name,
+            point(
+                "frames",
+                frames_load,
+                frames_n,
+                min(args.clients, args.frame_streams),
                 mode="frame",
                 frame_size=args.frame_size,
                 frame_streams=args.frame_streams,
-                features=model.metadata.input_features,
-                out_features=model.metadata.output_features,
-                warmup_s=args.warmup,
-                duration_s=args.duration,
                 prefix=f"{run_id}-frames",
             )
-            try:
-                r = run_load(spec, min(args.clients, args.frame_streams), server.pid)
-                rows.append(_row_from("frames", frames_load, r))
-                _log(f"frames: {r.steps_per_s:,.0f} steps/s errors {r.errors} {r.first_error}")
-            except Exception as exc:
-                rows.append(_failed("frames", frames_load, frames_n, exc))
         if system == "rnnserve" and "kserve" in args.systems:
             n = _kserve_sessions(args)
-            spec = LoadSpec(
-                target=server.target,
-                model=model.name,
+            point(
+                "kserve",
+                KSERVE_LOAD,
+                n,
+                min(args.clients, n),
                 mode="kserve",
                 sessions=n,
-                features=model.metadata.input_features,
-                out_features=model.metadata.output_features,
-                warmup_s=args.warmup,
-                duration_s=args.duration,
                 prefix=f"{run_id}-kserve",
             )
-            try:
-                r = run_load(spec, min(args.clients, n), server.pid)
-                rows.append(_row_from("kserve", KSERVE_LOAD, r))
-                _log(
-                    f"kserve N={n}: {r.steps_per_s:,.0f} steps/s p50 {r.p50_ms:.2f} ms "
-                    f"p99 {r.p99_ms:.2f} ms errors {r.errors} {r.first_error}"
-                )
-            except Exception as exc:
-                rows.append(_failed("kserve", KSERVE_LOAD, n, exc))
     finally:
         server.stop()
     return rows
