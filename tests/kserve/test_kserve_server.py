@@ -285,8 +285,7 @@ def test_latest_version_follows_a_sequence_to_its_version(tmp_path: Path) -> Non
                 "gru", _inputs(chunks[0]), model_version="1", sequence_id=sid, sequence_start=True
             )
             second = client.infer("gru", _inputs(chunks[1]), sequence_id=sid)
-            replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
-            client.start_stream(callback=lambda result, error: replies.put((result, error)))
+            replies = _open_stream(client)
             try:
                 client.async_stream_infer("gru", _inputs(chunks[2]), sequence_id=sid)
                 ((third, error),) = _collect(replies, 1)
@@ -426,6 +425,14 @@ def test_whole_sequence_model_refuses_sequence_ids(
 
 
 # -- streams -------------------------------------------------------------------------------------
+def _open_stream(client: triton.InferenceServerClient) -> queue.Queue[tuple[Any, Any]]:
+    """Start the client's stream; every (result, error) it calls back with lands in the queue
+    (stop it with client.stop_stream())."""
+    replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: replies.put((result, error)))
+    return replies
+
+
 def _collect(replies: queue.Queue[tuple[Any, Any]], count: int) -> list[tuple[Any, Any]]:
     return [replies.get(timeout=30) for _ in range(count)]
 
@@ -435,8 +442,7 @@ def test_many_sequences_interleaved_on_one_stream(
 ) -> None:
     """Every streaming model, int and string ids, chunks of all sequences interleaved, plus bad
     requests in between: the bad ones get error messages, the others are exact."""
-    replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
-    client.start_stream(callback=lambda result, error: replies.put((result, error)))
+    replies = _open_stream(client)
     sequences: dict[str, tuple[str, int | str, Array]] = {}
     for n, (name, kind) in enumerate(itertools.product(server.streaming, ("int", "string", "int"))):
         sid: int | str = next(_ids) if kind == "int" else f"stream-{uuid.uuid4().hex[:8]}"
@@ -537,8 +543,7 @@ def test_pipelined_state_outputs_are_each_requests_own(
     chunks = _split(x, sizes)
     expected = _native_states(server, name, chunks, state.name)
     with_state = [triton.InferRequestedOutput("y"), triton.InferRequestedOutput(state.output_name)]
-    replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
-    client.start_stream(callback=lambda result, error: replies.put((result, error)))
+    replies = _open_stream(client)
     sid = next(_ids)
     try:
         for i, chunk in enumerate(chunks):
@@ -617,8 +622,7 @@ def test_stream_requests_are_counted_in_statistics(
 
     before = stats()
     chunks = _split(_raw(meta, sum(CHUNKS), seed=31))
-    replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
-    client.start_stream(callback=lambda result, error: replies.put((result, error)))
+    replies = _open_stream(client)
     sid = next(_ids)
     try:
         for i, chunk in enumerate(chunks):
@@ -647,8 +651,7 @@ def test_drain_ends_streams_and_readiness(repository: Path) -> None:
     port = runner.start()
     try:
         with triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
-            replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
-            client.start_stream(callback=lambda result, error: replies.put((result, error)))
+            replies = _open_stream(client)
             meta = next(m for m in models_in(repository).values() if m.streaming)
             client.async_stream_infer(meta.name, _inputs(_raw(meta, 2, seed=1)))
             ((result, error),) = _collect(replies, 1)
