@@ -16,8 +16,10 @@ machine does. It includes ONNX Runtime's share (about 70k instructions per step 
 at batch 256). Those runs take out what made the count vary (+-4 % between runs of the same code,
 measured): every batch runs on the event loop (`inline_max_steps` large, and no time budget,
 which valgrind's slowness would exhaust), so no thread timing decides how the loop interleaves;
-and the hash seed is fixed (PYTHONHASHSEED=0). The worker hand-off left out costs a few hundred
-instructions per batch.
+the hash seed is fixed (PYTHONHASHSEED=0); and only the main thread is counted, where all of
+that runs (background threads' work landing in one run and not the other made whole-process
+counts bimodal on one host). The worker hand-off left out costs a few hundred instructions per
+batch.
 """
 
 from __future__ import annotations
@@ -132,14 +134,20 @@ async def run_rounds(
 
 
 def count_instructions(argv_tail: list[str], rounds: int) -> int:
-    """Instructions callgrind counted for a whole run of this module with `rounds` rounds."""
+    """Instructions callgrind counted on the main thread in a whole run of this module with
+    `rounds` rounds. Only the main thread: with --inline every batch (and ONNX Runtime, one
+    intra-op thread) runs there, while background threads' work can land in one run and not the
+    other (seen: 230M instructions in one 5-round run, 1.3M in a 45-round one), which made whole-
+    process counts of the same code bimodal on some hosts (~150k or ~191k per step)."""
     with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
         cmd = [
             "env",
             "PYTHONHASHSEED=0",
             "valgrind",
             "--tool=callgrind",
-            f"--callgrind-out-file={Path(tmp) / 'callgrind.out'}",
+            "--separate-threads=yes",
+            f"--callgrind-out-file={out}",
             sys.executable,
             "-m",
             "bench.stream_path",
@@ -149,7 +157,9 @@ def count_instructions(argv_tail: list[str], rounds: int) -> int:
             "--inline",
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    found = re.search(r"Collected : (\d+)", proc.stderr)
+        main_thread = Path(f"{out}-01")
+        text = main_thread.read_text() if main_thread.exists() else ""
+    found = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
     if proc.returncode != 0 or found is None:
         raise RuntimeError(f"valgrind run failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return int(found.group(1))
