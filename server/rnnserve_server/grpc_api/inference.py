@@ -11,7 +11,6 @@ frame's reply with the replies of every session it names, and rejections with th
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -28,7 +27,8 @@ from rnnserve_server.grpc_api import convert
 from rnnserve_server.grpc_api.drain import EOF, StreamDrain, StreamReplies
 from rnnserve_server.grpc_api.recording import Recorder
 from rnnserve_server.grpc_api.status import abort, as_service_error, code_name, status_proto
-from rnnserve_server.grpc_api.stream_steps import Later, StreamSteps
+from rnnserve_server.grpc_api.stream_steps import StreamSteps
+from rnnserve_server.grpc_api.stream_tasks import StreamTasks
 from rnnserve_server.service import InferenceService
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def Stream(  # reader/writer API: a coroutine
         self, request_iterator: AsyncIterator[pb.StreamRequest], context: Context
     ) -> None:
-        loop = asyncio.get_running_loop()
         replies: StreamReplies[pb.StreamResponse] = StreamReplies(context.write)
         put = replies.put
         steps = StreamSteps(
@@ -70,37 +69,22 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             lambda request, error, started: self._reply_error(request, error, started, put),
         )
         submit_step = steps.submit
-        frames: set[asyncio.Task[pb.StreamResponse]] = set()
-        unstarted: set[asyncio.Future[pb.StreamResponse]] = set()  # frames not yet submitted
-
-        def frame_done(
-            reply: Later[pb.StreamResponse], task: asyncio.Task[pb.StreamResponse]
-        ) -> None:
-            frames.discard(task)
-            unstarted.discard(task)  # cancelled before it ran
-            reply.answer(None if task.cancelled() else task.result())
-
-        async def framed(request: pb.FrameRequest) -> pb.StreamResponse:
-            unstarted.discard(asyncio.current_task())
-            return await self._stream_frame(request)  # submits before it first waits
+        frames: StreamTasks[pb.StreamResponse] = StreamTasks()
 
         async def read() -> None:
             read_next = context.read  # cheaper than iterating request_iterator, which wraps it
             while (request := await read_next()) is not EOF:
                 assert isinstance(request, pb.StreamRequest)
                 replies.expect()
-                while unstarted:  # a frame read earlier submits first: arrival order
-                    await asyncio.sleep(0)
+                if frames.unstarted:  # a frame read earlier submits first: arrival order
+                    await frames.submitted()
                 kind = request.WhichOneof("kind")
                 if kind == "step":
                     submit_step(request.step)
                 elif kind == "frame":
                     # Its reply takes its place among its sessions' replies now, as read.
                     reply = steps.later(request.frame.session_ids)
-                    task = loop.create_task(framed(request.frame))
-                    frames.add(task)
-                    unstarted.add(task)
-                    task.add_done_callback(partial(frame_done, reply))
+                    frames.start(partial(self._stream_frame, request.frame), reply.answer)
                 else:
                     put(pb.StreamResponse(step=pb.StepResponse(status=status_proto(_NO_KIND))))
 

@@ -12,7 +12,6 @@ message that says so.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import metadata
@@ -34,6 +33,7 @@ from rnnserve_server.grpc_api.drain import EOF, StreamDrain, StreamReplies
 from rnnserve_server.grpc_api.kserve_stream import METHOD, KServeSteps, explain, stream_error
 from rnnserve_server.grpc_api.recording import Recorder
 from rnnserve_server.grpc_api.status import abort, as_service_error, code_name
+from rnnserve_server.grpc_api.stream_tasks import StreamTasks
 from rnnserve_server.types import ModelInfo, StepInput
 
 if TYPE_CHECKING:  # the servicer only calls it; importing it here would drag in the runtime
@@ -184,38 +184,21 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         finish, except that a reply never overtakes an earlier reply of its sequence (a task's
         reply takes its place among them as the request is read: `KServeSteps.sender`). A
         failed request gets a reply with `error_message` and the stream stays open."""
-        loop = asyncio.get_running_loop()
         replies: StreamReplies[kpb.ModelStreamInferResponse] = StreamReplies(context.write)
         steps = KServeSteps(self._service, self._rec, self._metadata, self._counter, replies.put)
-        inflight: set[asyncio.Task[kpb.ModelStreamInferResponse]] = set()
-        unstarted: set[asyncio.Future[Any]] = set()  # tasks that have not submitted their work
-
-        def finished(
-            send: Callable[[kpb.ModelStreamInferResponse | None], None],
-            task: asyncio.Task[kpb.ModelStreamInferResponse],
-        ) -> None:
-            inflight.discard(task)
-            unstarted.discard(task)  # cancelled before it ran
-            send(None if task.cancelled() else task.result())
-
-        async def general(request: kpb.ModelInferRequest) -> kpb.ModelStreamInferResponse:
-            unstarted.discard(asyncio.current_task())
-            return await self._stream_one(request)  # submits before it first waits
+        general: StreamTasks[kpb.ModelStreamInferResponse] = StreamTasks()
 
         async def read() -> None:
             read_next = context.read
             while (request := await read_next()) is not EOF:
                 assert isinstance(request, kpb.ModelInferRequest)
                 replies.expect()
-                while unstarted:  # let earlier requests' tasks submit first (arrival order)
-                    await asyncio.sleep(0)
+                if general.unstarted:  # earlier requests' tasks submit first (arrival order)
+                    await general.submitted()
                 if steps.try_submit(request):
                     continue
                 send = steps.sender(request)  # its place in its sequence's reply order
-                task = loop.create_task(general(request))
-                inflight.add(task)
-                unstarted.add(task)
-                task.add_done_callback(functools.partial(finished, send))
+                general.start(functools.partial(self._stream_one, request), send)
 
         await self._drain.serve(context, read, replies)
 
