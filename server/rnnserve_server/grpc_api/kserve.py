@@ -34,7 +34,7 @@ from rnnserve_server.grpc_api.kserve_stream import METHOD, KServeSteps, explain,
 from rnnserve_server.grpc_api.recording import Recorder
 from rnnserve_server.grpc_api.status import abort, as_service_error, code_name
 from rnnserve_server.grpc_api.stream_tasks import StreamTasks
-from rnnserve_server.types import ModelInfo, StepInput
+from rnnserve_server.types import ModelInfo
 
 if TYPE_CHECKING:  # the servicer only calls it; importing it here would drag in the runtime
     from rnnserve_server.service import InferenceService
@@ -257,15 +257,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         states = [n for n in names if n != meta.output_name]
         # A state output after an end: step without ending, read the state, then close.
         end_here = sequence.end and not states
-        chunk = StepInput(
-            session_id=sequence.session_id or "",
-            model=meta.name,
-            # "" (latest) follows the sequence to its version, as the native API's version 0 does.
-            version=conv.parse_version(request.model_version),
-            x=conv.sequence_chunk(x, meta.name),
-            start=sequence.start,
-            end=end_here,
-        )
+        chunk = conv.sequence_step(request, meta, sequence, x, end=end_here)
         extra: dict[str, tuple[str, npt.NDArray[np.generic]]] = {}
         try:
             if states:  # read with the step, before any later request of the sequence runs

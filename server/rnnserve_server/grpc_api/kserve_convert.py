@@ -26,7 +26,7 @@ import numpy.typing as npt
 from rnnserve_proto import kserve_pb2 as kpb
 from rnnserve_proto import model_repository_pb2 as repo_pb2
 from rnnserve_server.errors import InvalidArgument
-from rnnserve_server.types import FloatArray, ModelInfo, SessionSnapshot
+from rnnserve_server.types import FloatArray, ModelInfo, SessionSnapshot, StepInput
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
@@ -231,6 +231,26 @@ def sequence_chunk(x: FloatArray, model: str) -> FloatArray:
         )
     chunk: FloatArray = x[0]
     return chunk
+
+
+def sequence_step(
+    request: kpb.ModelInferRequest,
+    meta: repo_pb2.ModelMetadata,
+    sequence: SequenceControl,
+    x: FloatArray,
+    *,
+    end: bool,
+) -> StepInput:
+    """A sequence request as the service's step. Its version "" (latest) follows the sequence to
+    the version it lives on, as the native API's version 0 does."""
+    return StepInput(
+        session_id=sequence.session_id or "",
+        model=meta.name,
+        version=parse_version(request.model_version),
+        x=sequence_chunk(x, meta.name),
+        start=sequence.start,
+        end=end,
+    )
 
 
 # -- outputs -------------------------------------------------------------------------------------

@@ -96,18 +96,10 @@ class KServeSteps(OrderedSteps[KServeStep, kpb.ModelStreamInferResponse]):
             sequence = conv.parse_sequence(request.parameters)
             if not sequence.is_sequence:
                 return False
-            x = conv.sequence_chunk(conv.decode_input(request, meta), meta.name)
+            x = conv.decode_input(request, meta)
+            chunk = conv.sequence_step(request, meta, sequence, x, end=sequence.end)
         except RnnServeError:
             return False
-        chunk = StepInput(
-            session_id=sequence.session_id or "",
-            model=meta.name,
-            # "" (latest) follows the sequence to its version, as the native API's version 0 does.
-            version=conv.parse_version(request.model_version),
-            x=x,
-            start=sequence.start,
-            end=sequence.end,
-        )
         self._submit(KServeStep(self, request, meta, sequence, chunk, started), chunk)
         return True
 
