@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from functools import partial
-from time import perf_counter
+from time import perf_counter, perf_counter_ns
 from typing import Any
 
 import grpc
@@ -94,7 +94,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self,
         request: pb.StepRequest,
         error: RnnServeError,
-        started: float,
+        started_ns: int,
         put: Callable[[pb.StreamResponse | None], None],
     ) -> None:
         """A rejected streamed chunk's reply, with the session's (unchanged) step count."""
@@ -102,7 +102,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             request.model,
             "stream_step",
             code_name(error.code),
-            perf_counter() - started,
+            (perf_counter_ns() - started_ns) * 1e-9,
             _rows(request.input),
         )
         step = self._step_of(request.session_id)

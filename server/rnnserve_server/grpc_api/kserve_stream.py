@@ -49,8 +49,6 @@ class KServeStep(OrderedStep[kpb.ModelInferRequest]):
 
     __slots__ = ("chunk", "meta", "sequence")
 
-    started: int  # perf_counter_ns(): KServe's statistics count nanoseconds
-
     def __init__(
         self,
         owner: KServeSteps,
