@@ -5,7 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard proto/rnnserve_proto/*.proto)
 
-.PHONY: install proto demo serve test pytest lint format typecheck check bench bench-train repository clean
+NATIVE := server/rnnserve_server/compiled.json
+
+.PHONY: install proto native demo serve test pytest lint format typecheck check bench bench-train repository clean
 
 install: $(STAMP)
 
@@ -22,16 +24,25 @@ proto: $(GENERATED)
 $(GENERATED) &: $(PROTOS) $(STAMP)
 	$(BIN)/python hatch_build.py
 
-demo: proto
+# The hot path compiled with mypyc (server/rnnserve_server/compiled.py), rebuilt when a server
+# source changes; without a C compiler the server runs pure Python (build_native.py says why).
+native: $(NATIVE)
+$(NATIVE): $(wildcard server/rnnserve_server/*.py server/rnnserve_server/grpc_api/*.py) build_native.py $(GENERATED)
+	$(BIN)/python build_native.py $(if $(RNNSERVE_REQUIRE_NATIVE),--require)
+
+demo: proto native
 	$(BIN)/rnnserve-client demo
 
-serve: proto
+serve: proto native
 	$(BIN)/rnnserve serve --model-repository model_repository
 
 test: lint typecheck pytest
 
-pytest: proto
+# Everything on the compiled hot path, then the server's own tests again on pure Python (the
+# fallback where nothing is compiled; pure Python when RNNSERVE_PURE_PYTHON is set).
+pytest: proto native
 	$(BIN)/python -m pytest
+	RNNSERVE_PURE_PYTHON=1 $(BIN)/python -m pytest tests/server
 
 lint: proto
 	$(BIN)/ruff check .
@@ -46,7 +57,7 @@ typecheck: proto
 
 check: test
 
-bench: proto
+bench: proto native
 	$(BIN)/python -m bench.serving
 
 bench-train: proto
@@ -57,4 +68,5 @@ repository: proto
 	$(BIN)/rnnserve-train ship --repository model_repository
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache proto/rnnserve_proto/*_pb2*
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache proto/rnnserve_proto/*_pb2* build
+	find server -name '*.so' -delete; rm -f $(NATIVE)

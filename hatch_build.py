@@ -1,7 +1,8 @@
 """Build hook: generate the protobuf and gRPC modules from proto/rnnserve_proto/*.proto.
 
 Generated code is never committed or edited; every build (wheel, editable install, `make proto`)
-produces it from the .proto files with grpcio-tools.
+produces it from the .proto files with grpcio-tools. A wheel also packages the compiled hot path
+when `build_native.py` built it first (git-ignored files, so they must be declared too).
 """
 
 from __future__ import annotations
@@ -48,7 +49,16 @@ class ProtoBuildHook(BuildHookInterface):  # type: ignore[misc]
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         # Generated files are git-ignored, so they must be declared as artifacts to be packaged.
-        build_data["artifacts"].extend(generate(Path(self.root)))
+        root = Path(self.root)
+        build_data["artifacts"].extend(generate(root))
+        build_data["artifacts"].extend(compiled_hot_path(root))
+
+
+def compiled_hot_path(root: Path) -> list[str]:
+    """The extensions and manifest build_native.py left in the server package, if any."""
+    package = root / "server" / "rnnserve_server"
+    files = [*package.rglob("*.so"), *package.rglob("*.pyd"), *package.glob("compiled.json")]
+    return [str(p.relative_to(root)) for p in sorted(files)]
 
 
 if __name__ == "__main__":

@@ -5,3 +5,8 @@ Layers (imports only point downwards; nothing below `grpc_api` imports grpc):
     grpc_api (servicers, protobuf conversion)  ->  service  ->  batcher, session store  ->  runtime
 The server never imports torch, onnx or the training package.
 """
+
+from rnnserve_server.compiled import activate
+
+# Before any submodule is imported: run the mypyc-compiled hot path only if it matches its sources.
+activate()

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from rnnserve_proto import rnnserve_pb2 as pb
 from rnnserve_proto import rnnserve_pb2_grpc as pb_grpc
+from rnnserve_server.compiled import hot_path
 from rnnserve_server.config import ServerSettings
 from rnnserve_server.grpc_api import kserve
 from rnnserve_server.grpc_api.health import HealthServicer
@@ -164,6 +165,8 @@ class App:
         for name in ["", *(s.service_name for s in self.specs), *service.model_names()]:
             await self.health.set(name, serving)
         self.ports = Ports(grpc_port, metrics_port)
+        compiled = hot_path()
+        log.info("hot path: %s", compiled.reason, extra={"hot_path": compiled.label})
         log.info(
             "serving",
             extra={

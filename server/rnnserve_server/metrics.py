@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from rnnserve_server.compiled import hot_path
 from rnnserve_server.errors import ErrorCode
 from rnnserve_server.loop_metrics import HistogramChild, LoopCounter, LoopHistogram
 
@@ -130,6 +131,14 @@ class Metrics:
             ["model", "version", "variant", "provider", "streaming"],
             registry=r,
         )
+        self.server_info = Gauge(
+            "rnnserve_server_info",
+            "This server process (value 1): hot_path is mypyc when the compiled hot path runs, "
+            "python when the pure Python one does (see the startup log for why).",
+            ["hot_path"],
+            registry=r,
+        )
+        self.server_info.labels(hot_path().label).set(1)
 
     # -- request level (front ends) --------------------------------------------------------------
     def observe_request(

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rnnserve_proto import model_repository_pb2 as mr
 from rnnserve_proto import rnnserve_pb2 as pb
+from rnnserve_server.compiled import hot_path
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -136,3 +137,16 @@ def test_active_sessions_and_state_bytes_gauges(
         - value(before, "rnnserve_sessions_ended_total", model=m, reason="close")
         == 3
     )
+
+
+def test_server_info_says_which_hot_path_runs(server: ServerProcess) -> None:
+    """The server's own verdict (compiled or pure Python) matches what this process, with the
+    same environment and the same files, decides; and its log line says why."""
+    expected = hot_path()
+    samples = scrape(server)
+    assert value(samples, "rnnserve_server_info", hot_path=expected.label) == 1
+    other = "python" if expected.compiled else "mypyc"
+    assert ("rnnserve_server_info", frozenset({("hot_path", other)})) not in samples
+    lines = [r for r in server.logs() if str(r.get("msg", "")).startswith("hot path:")]
+    assert [r.get("hot_path") for r in lines] == [expected.label]
+    assert expected.reason in str(lines[0]["msg"])
