@@ -233,7 +233,7 @@ class InferenceService:
         pending = sum(b.pending for b in batchers)
         log.info("shutting down: %d chunks queued or in flight", pending)
         try:
-            await asyncio.wait_for(asyncio.gather(*(b.drain() for b in batchers)), grace_s)
+            await asyncio.wait_for(asyncio.gather(*[b.drain() for b in batchers]), grace_s)
         except TimeoutError:
             log.warning(
                 "shutdown grace of %.1f s ran out; %d chunks failed with UNAVAILABLE",
@@ -513,6 +513,14 @@ class InferenceService:
         except Exception as exc:
             log.error("predict failed: %s", exc, extra={"model": model})
             raise Internal(f"model {model!r} version {m.version} failed to run: {exc}") from exc
+        if not self._limits.allow_non_finite and not np.isfinite(y).all():
+            # As for streamed chunks: no NaN/Inf crosses the API unless allowed.
+            rows = np.flatnonzero(~np.isfinite(y).reshape(len(y), -1).all(axis=1)).tolist()
+            which = "" if x.ndim == 2 else f" in sequence(s) {_first(rows)} of the batch"
+            raise InvalidArgument(
+                f"{where}: the input is finite but the outputs came out NaN or Inf{which} "
+                "(values far outside what the model was trained on overflow it)"
+            )
         return y[0] if x.ndim == 2 else y
 
     async def forecast(self, session_id: str, horizon: int) -> tuple[FloatArray, int]:
@@ -569,6 +577,14 @@ class InferenceService:
         except Exception as exc:
             log.error("forecast failed: %s", exc, extra={"model": m.name, "session_id": session_id})
             raise Internal(f"model {m.name!r} failed to run: {exc}") from exc
+        if not self._limits.allow_non_finite and not np.isfinite(y).all():
+            # Step 1 is the session's own (finite) last prediction, so bad >= 1.
+            bad = int(np.flatnonzero(~np.isfinite(y).reshape(len(y), -1).all(axis=1))[0])
+            raise InvalidArgument(
+                f"forecast for session {session_id!r}: the rollout overflows to NaN or Inf at "
+                f"step {bad + 1} of {horizon} (the model diverges when fed its own predictions), "
+                f"so a horizon of at most {bad} stays finite; the session is unchanged"
+            )
         return y, step
 
     # -- sessions ----------------------------------------------------------------------------------
@@ -845,3 +861,9 @@ def _check_snapshot(snapshot: SessionSnapshot, m: LoadedModel, reject_non_finite
                     f"snapshot of session {sid!r}: state {name!r} holds NaN or Inf; such a "
                     "session could not take another step (set limits.allow_non_finite to allow)"
                 )
+
+
+def _first(rows: list[int], shown: int = 5) -> str:
+    """Row indices for a message: the first few, then how many more."""
+    text = ", ".join(map(str, rows[:shown]))
+    return text if len(rows) <= shown else f"{text} and {len(rows) - shown} more"

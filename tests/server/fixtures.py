@@ -242,8 +242,11 @@ def build_repository(root: Path) -> Path:
     return root
 
 
-def write_accumulator(root: Path, name: str, version: int, features: int = F) -> None:
-    """An `accumulator` model version of `features` inputs (and outputs, and state)."""
+def write_accumulator(
+    root: Path, name: str, version: int, features: int = F, autoregressive: bool = False
+) -> None:
+    """An `accumulator` model version of `features` inputs (and outputs, and state); as an
+    autoregressive model its forecast doubles the sum every step."""
     _write(
         root,
         _accumulator_graph(features),
@@ -252,6 +255,7 @@ def write_accumulator(root: Path, name: str, version: int, features: int = F) ->
             version,
             "rnn",
             streaming=True,
+            autoregressive=autoregressive,
             input_features=features,
             output_features=features,
             states=[

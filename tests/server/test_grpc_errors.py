@@ -227,3 +227,19 @@ def test_oversized_message_is_resource_exhausted(
         assert info.value.code() == C.RESOURCE_EXHAUSTED
         # The server is fine and the session untouched.
         assert stubs.sessions.GetSession(pb.SessionRef(session_id="size-1")).step == 2
+
+
+def test_predict_whose_finite_input_overflows_the_model_is_invalid_argument(
+    fixture_stubs: Stubs,
+) -> None:
+    """The fixture `accumulator` sums its inputs: two steps of 3e38 overflow float32."""
+    x = np.full((2, 3), 3e38, np.float32)
+    with pytest.raises(grpc.RpcError) as info:
+        fixture_stubs.inference.Predict(pb.PredictRequest(model="accumulator", input=tensor(x)))
+    assert info.value.code() == C.INVALID_ARGUMENT
+    assert "the input is finite but the outputs came out NaN or Inf" in (info.value.details() or "")
+    fine = np.full((2, 3), 1.0, np.float32)
+    reply = fixture_stubs.inference.Predict(
+        pb.PredictRequest(model="accumulator", input=tensor(fine))
+    )
+    assert array(reply.output).tolist() == [[1.0] * 3, [2.0] * 3]

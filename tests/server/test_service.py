@@ -342,6 +342,64 @@ def test_chunk_that_drives_the_state_to_inf_is_rejected_and_changes_nothing(repo
     serve(repo, body)
 
 
+def test_predict_refuses_outputs_that_overflow_unless_allowed(repo: Path) -> None:
+    """Stateless, but under the same rule as streamed chunks: with allow_non_finite off no NaN or
+    Inf crosses the API; the message names the sequences of a batch that overflowed."""
+    over = np.concatenate([ONES * BIG, ONES * BIG])  # finite input, the second sum overflows
+    fine = np.concatenate([ONES, ONES])
+
+    async def refused(svc: InferenceService) -> None:
+        with pytest.raises(RnnServeError) as single:
+            await svc.predict("accumulator", None, over)
+        assert single.value.code == ErrorCode.INVALID_ARGUMENT
+        assert "the input is finite but the outputs came out NaN or Inf" in single.value.message
+        with pytest.raises(RnnServeError) as batch:
+            await svc.predict("accumulator", None, np.stack([fine, over, fine, over]))
+        assert "in sequence(s) 1, 3 of the batch" in batch.value.message
+        y = await svc.predict("accumulator", None, np.stack([fine, fine]))
+        np.testing.assert_array_equal(y, np.stack([offline(repo, "accumulator", 1, fine)] * 2))
+
+    serve(repo, refused)
+
+    async def allowed(svc: InferenceService) -> None:
+        y = await svc.predict("accumulator", None, over)
+        assert np.isinf(y[1]).all()
+        assert np.isfinite(y[0]).all()
+
+    serve(repo, allowed, limits={"allow_non_finite": True})
+
+
+def test_forecast_refuses_a_rollout_that_overflows_and_says_how_far_is_finite(
+    tmp_path: Path,
+) -> None:
+    """An autoregressive accumulator doubles its sum at every forecast step after the first
+    (the session's last prediction): from 1e38 the third step is Inf. The refusal names the step
+    and the longest finite horizon; the session is unchanged and that horizon is served."""
+    from fixtures import write_accumulator
+
+    write_accumulator(tmp_path, "acc", 1, autoregressive=True)
+
+    async def body(svc: InferenceService) -> None:
+        await svc.step(StepInput("f", "acc", None, ONES * 1e38, start=True))
+        before = svc.get_session("f")
+        with pytest.raises(RnnServeError) as info:
+            await svc.forecast("f", 5)
+        assert info.value.code == ErrorCode.INVALID_ARGUMENT
+        assert "overflows to NaN or Inf at step 3 of 5" in info.value.message
+        assert "a horizon of at most 2 stays finite" in info.value.message
+        assert svc.get_session("f") == before
+        y, step = await svc.forecast("f", 2)
+        assert step == 1
+        np.testing.assert_array_equal(y, np.float32([[1e38] * 3, [2e38] * 3]))
+        await svc.step(StepInput("f", "acc", None, ONES * 2e38))  # the sum is now 3e38
+        with pytest.raises(RnnServeError) as second:
+            await svc.forecast("f", 3)
+        assert "at step 2 of 3" in second.value.message
+        assert "at most 1 stays" in second.value.message
+
+    serve(tmp_path, body)
+
+
 def test_step_and_export_reads_its_own_step_and_a_rejected_step_closes_nothing(
     repo: Path,
 ) -> None:

@@ -258,7 +258,7 @@ def requested_outputs(request: kpb.ModelInferRequest, meta: repo_pb2.ModelMetada
     """Names of the outputs to return, in request order; default: the prediction only."""
     if not request.outputs:
         return [meta.output_name]
-    valid = [meta.output_name, *(s.output_name for s in meta.states)]
+    valid = [meta.output_name, *[s.output_name for s in meta.states]]
     names: list[str] = []
     for out in request.outputs:
         if out.name not in valid:
