@@ -143,7 +143,9 @@ def activate() -> HotPath:
     if not built:
         _state = HotPath(False, "not compiled (`make native` compiles it with mypyc)")
         return _state
-    why = "RNNSERVE_PURE_PYTHON is set" if os.environ.get(PURE_PYTHON_ENV) else _stale(MODULES)
+    switch = os.environ.get(PURE_PYTHON_ENV, "").strip().lower()
+    pure = switch not in ("", "0", "false", "no", "off")
+    why = f"{PURE_PYTHON_ENV}={switch} is set" if pure else _stale(MODULES)
     if why is None:
         _state = HotPath(True, f"{len(MODULES)} modules compiled with mypyc")
     else:

@@ -67,9 +67,10 @@ def suffixes(result: dict[str, object]) -> set[str]:
 
 
 def test_a_fresh_build_runs_every_module_compiled(package_copy: Path) -> None:
-    result = probe(package_copy)
-    assert result["compiled"] is True
-    assert suffixes(result) == {".so"}
+    for switched_off in ({}, {compiled.PURE_PYTHON_ENV: "0"}, {compiled.PURE_PYTHON_ENV: "false"}):
+        result = probe(package_copy, **switched_off)
+        assert result["compiled"] is True
+        assert suffixes(result) == {".so"}
 
 
 def test_an_edited_source_puts_every_module_back_on_python(package_copy: Path) -> None:
