@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard proto/rnnserve_proto/*.proto)
 
-NATIVE := server/rnnserve_server/compiled.json
+NATIVE := .make-stamp-native
 
 .PHONY: install proto native demo serve test pytest lint format typecheck check bench bench-train repository clean
 
@@ -25,10 +25,12 @@ $(GENERATED) &: $(PROTOS) $(STAMP)
 	$(BIN)/python hatch_build.py
 
 # The hot path compiled with mypyc (server/rnnserve_server/compiled.py), rebuilt when a server
-# source changes; without a C compiler the server runs pure Python (build_native.py says why).
+# source changes; without a C compiler the server runs pure Python (build_native.py says why,
+# once: the stamp keeps it from retrying until a source changes).
 native: $(NATIVE)
 $(NATIVE): $(wildcard server/rnnserve_server/*.py server/rnnserve_server/grpc_api/*.py) build_native.py $(GENERATED)
 	$(BIN)/python build_native.py $(if $(RNNSERVE_REQUIRE_NATIVE),--require)
+	touch $@
 
 demo: proto native
 	$(BIN)/rnnserve-client demo
@@ -69,4 +71,4 @@ repository: proto
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache proto/rnnserve_proto/*_pb2* build
-	find server -name '*.so' -delete; rm -f $(NATIVE)
+	find server -name '*.so' -delete; rm -f $(NATIVE) server/rnnserve_server/compiled.json
