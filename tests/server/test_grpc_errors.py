@@ -99,6 +99,11 @@ BAD_INPUTS: dict[str, tuple[BadRequest, grpc.StatusCode, str]] = {
         C.NOT_FOUND,
         "987",
     ),
+    "negative version": (
+        lambda sid, m: _step(sid, m, version=-1),
+        C.INVALID_ARGUMENT,
+        "model_version must be >= 0",
+    ),
     "wrong expected_step": (
         lambda sid, m: _step(sid, m, expected_step=3),
         C.FAILED_PRECONDITION,
@@ -243,3 +248,28 @@ def test_predict_whose_finite_input_overflows_the_model_is_invalid_argument(
         pb.PredictRequest(model="accumulator", input=tensor(fine))
     )
     assert array(reply.output).tolist() == [[1.0] * 3, [2.0] * 3]
+
+
+def test_negative_model_version_is_invalid_argument_everywhere(
+    stubs: Stubs, streaming_model: mr.ModelMetadata
+) -> None:
+    """Not another spelling of "latest" (0 is): Step, Predict and GetModelMetadata refuse it."""
+    meta = streaming_model
+    x = tensor(np.zeros((1, meta.input_features), np.float32))
+    calls = [
+        lambda: stubs.inference.Step(
+            pb.StepRequest(session_id="neg", model=meta.name, model_version=-1, input=x, start=True)
+        ),
+        lambda: stubs.inference.Predict(
+            pb.PredictRequest(model=meta.name, model_version=-2, input=x)
+        ),
+        lambda: stubs.models.GetModelMetadata(pb.ModelRef(model=meta.name, model_version=-1)),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == C.INVALID_ARGUMENT
+        assert "model_version must be >= 0" in (info.value.details() or "")
+    with pytest.raises(grpc.RpcError) as gone:
+        stubs.sessions.GetSession(pb.SessionRef(session_id="neg"))
+    assert gone.value.code() == C.NOT_FOUND  # the refused start created nothing

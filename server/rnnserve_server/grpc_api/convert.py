@@ -36,8 +36,13 @@ _DTYPE_ENUMS: dict[str, int] = {"float32": repo_pb2.FLOAT32, "int64": repo_pb2.I
 
 
 def version_or_latest(version: int) -> int | None:
-    """Proto uses 0 for "latest"; the service uses None."""
-    return version if version > 0 else None
+    """Proto uses 0 for "latest"; the service uses None. A negative version is a client error,
+    not another spelling of "latest"."""
+    if version > 0:
+        return version
+    if version < 0:
+        raise InvalidArgument(f"model_version must be >= 0 (0 = latest), got {version}")
+    return None
 
 
 # -- tensors -------------------------------------------------------------------------------------
