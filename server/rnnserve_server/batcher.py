@@ -54,6 +54,7 @@ from rnnserve_server.outcome import Outcome
 from rnnserve_server.runtime import ModelRunner, States
 from rnnserve_server.store import SessionStore
 from rnnserve_server.types import FloatArray
+from rnnserve_server.validation import rows_finite
 
 log = logging.getLogger("rnnserve.batcher")
 
@@ -659,7 +660,7 @@ class Batcher:
         errors = g.errors
         if self._reject_non_finite and not _all_finite_quick(x):
             # Only now look row by row.
-            finite = _rows_finite(x)
+            finite = rows_finite(x)
             for r in np.flatnonzero(~finite).tolist():
                 idx = np.argwhere(~np.isfinite(x[r]))[0].tolist()
                 errors[r] = InvalidArgument(
@@ -914,9 +915,9 @@ class Batcher:
         """Fail the rows whose outputs or new state came out NaN or Inf, like rejected input:
         their sessions stay exactly as they were (a session about to be created is not). Returns
         the rows that remain; g's bookkeeping of which rows run is narrowed to them."""
-        bad = ~_rows_finite(y_ok)
+        bad = ~rows_finite(y_ok)
         for arr in states_out.values():
-            bad |= ~_rows_finite(arr)
+            bad |= ~rows_finite(arr)
         rows = np.arange(len(g.ids)) if g.ok_rows is None else g.ok_rows
         for p in np.flatnonzero(bad).tolist():
             r = int(rows[p])
@@ -941,7 +942,7 @@ class Batcher:
         parts += [
             f"state {name!r}"
             for name, a in states_out.items()
-            if not _rows_finite(a[row : row + 1])[0]
+            if not rows_finite(a[row : row + 1])[0]
         ]
         what = " and ".join(parts)
         return InvalidArgument(
@@ -990,14 +991,6 @@ def _results_finite(y: FloatArray, states: States) -> bool:
     if not _all_finite_quick(y):
         return False
     return all(a.dtype.kind != "f" or _all_finite_quick(a) for a in states.values())
-
-
-def _rows_finite(a: npt.NDArray[Any]) -> BoolArray:
-    """Per row (first axis): no NaN or Inf in it."""
-    if a.dtype.kind != "f":
-        return np.ones(a.shape[0], np.bool_)
-    finite: BoolArray = _ISFINITE(a.reshape(a.shape[0], -1)).all(axis=1)
-    return finite
 
 
 def _mask(n: int, rows: dict[int, Any]) -> BoolArray:

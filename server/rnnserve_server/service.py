@@ -513,9 +513,10 @@ class InferenceService:
         except Exception as exc:
             log.error("predict failed: %s", exc, extra={"model": model})
             raise Internal(f"model {model!r} version {m.version} failed to run: {exc}") from exc
-        if not self._limits.allow_non_finite and not np.isfinite(y).all():
+        finite = None if self._limits.allow_non_finite else validation.rows_finite(y)
+        if finite is not None and not finite.all():
             # As for streamed chunks: no NaN/Inf crosses the API unless allowed.
-            rows = np.flatnonzero(~np.isfinite(y).reshape(len(y), -1).all(axis=1)).tolist()
+            rows = np.flatnonzero(~finite).tolist()
             which = "" if x.ndim == 2 else f" in sequence(s) {_first(rows)} of the batch"
             raise InvalidArgument(
                 f"{where}: the input is finite but the outputs came out NaN or Inf{which} "
@@ -577,9 +578,10 @@ class InferenceService:
         except Exception as exc:
             log.error("forecast failed: %s", exc, extra={"model": m.name, "session_id": session_id})
             raise Internal(f"model {m.name!r} failed to run: {exc}") from exc
-        if not self._limits.allow_non_finite and not np.isfinite(y).all():
+        finite = None if self._limits.allow_non_finite else validation.rows_finite(y)
+        if finite is not None and not finite.all():
             # Step 1 is the session's own (finite) last prediction, so bad >= 1.
-            bad = int(np.flatnonzero(~np.isfinite(y).reshape(len(y), -1).all(axis=1))[0])
+            bad = int(np.flatnonzero(~finite)[0])
             raise InvalidArgument(
                 f"forecast for session {session_id!r}: the rollout overflows to NaN or Inf at "
                 f"step {bad + 1} of {horizon} (the model diverges when fed its own predictions), "

@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from rnnserve_server.config import LimitSettings
 from rnnserve_server.errors import InvalidArgument
@@ -93,6 +94,14 @@ def check_chunk(
     if check_finite and not limits.allow_non_finite:
         _finite(x, where)
     return x
+
+
+def rows_finite(a: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    """Per row (first axis): no NaN or Inf in it (integer arrays always pass)."""
+    if a.dtype.kind != "f":
+        return np.ones(a.shape[0], np.bool_)
+    finite: npt.NDArray[np.bool_] = np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+    return finite
 
 
 def check_finite(x: FloatArray, where: str) -> None:
