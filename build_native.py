@@ -33,8 +33,8 @@ def remove_extensions() -> None:
     for module in compiled.MODULES:
         for path in compiled.extension_files(module):
             path.unlink()
-    group_lib = compiled.PACKAGE_DIR / (compiled.GROUP.rsplit(".", 1)[1] + "__mypyc")
-    for path in compiled.PACKAGE_DIR.glob(group_lib.name + ".*"):
+    group_lib = compiled.GROUP.rsplit(".", 1)[1] + "__mypyc"  # the shared extension's name
+    for path in compiled.PACKAGE_DIR.glob(group_lib + ".*"):
         path.unlink()
     compiled.MANIFEST.unlink(missing_ok=True)
 

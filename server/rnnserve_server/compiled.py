@@ -103,13 +103,13 @@ def write_manifest() -> None:
     MANIFEST.write_text(json.dumps({"modules": sources}, indent=1, sort_keys=True) + "\n")
 
 
-def _stale(modules: Sequence[str]) -> str | None:
+def _stale() -> str | None:
     """Why the compiled modules must not run (None: they match their sources)."""
     try:
         recorded = json.loads(MANIFEST.read_text())["modules"]
     except (OSError, ValueError, KeyError, TypeError):
         return f"{MANIFEST.name} is missing or unreadable; run `make native`"
-    for module in modules:
+    for module in MODULES:
         if not extension_files(module):
             return f"{module} was not compiled; run `make native`"
         if recorded.get(module) != digest(source_path(module)):
@@ -145,7 +145,7 @@ def activate() -> HotPath:
         return _state
     switch = os.environ.get(PURE_PYTHON_ENV, "").strip().lower()
     pure = switch not in ("", "0", "false", "no", "off")
-    why = f"{PURE_PYTHON_ENV}={switch} is set" if pure else _stale(MODULES)
+    why = f"{PURE_PYTHON_ENV}={switch} is set" if pure else _stale()
     if why is None:
         _state = HotPath(True, f"{len(MODULES)} modules compiled with mypyc")
     else:
