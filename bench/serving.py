@@ -1,8 +1,9 @@
 """rnnserve's serving benchmark: every system and every floor of issue 3 in one run.
 
     python -m bench.serving [--sessions 1,64,256,1024] [--duration 5] [--warmup 2]
-                            [--systems echo,naive,rnnserve,frames,kserve,compute,memory]
-                            [--repeat 3] [--loop auto|asyncio|uvloop]
+                            [--systems echo,naive,rnnserve,frames,kserve,compute,
+                                       side-by-side,memory]
+                            [--repeat 3] [--side-cycles 20] [--loop auto|asyncio|uvloop]
                             [--clients 1] [--sessions-per-stream 1] [--gpu] [--output FILE]
 
 Systems, all on the same model (2-layer GRU, hidden 128, 16 features in and out):
@@ -13,6 +14,8 @@ Systems, all on the same model (2-layer GRU, hidden 128, 16 features in and out)
   kserve    `rnnserve serve`, ping-pong steps over the KServe v2 stream (ModelStreamInfer), 256
             sessions (or the largest --sessions below that), as a Triton client would send them
   compute   in-process ORT, batches of --frame-size (compute floor)
+  side-by-side  echo, a second echo, naive and rnnserve running at once, 256 ping-pong sessions
+            each, the load taking turns between them (bench/alternate.py): the ping-pong floors
   memory    RSS growth per idle session with --memory-sessions sessions open
 Each server runs in its own process; the load generator in one or more other processes.
 
@@ -20,7 +23,12 @@ Throughput on a small shared machine swings between back-to-back runs, so the ru
 --repeat rounds: each round runs echo, naive, rnnserve (and frames) and the compute floor once,
 each server in a fresh process, so that the systems a floor compares are measured close together.
 The table gives the median over rounds; each floor is a ratio taken within each round, and the
-median of those ratios decides PASS/FAIL. Memory is measured once, after the rounds.
+median of those ratios decides PASS/FAIL. On a shared VM that is not enough for the ping-pong
+floors: rounds a minute apart still carry the machine's drift into their ratios (0.64× to 0.93×
+for one build within one run). So after the rounds the side-by-side run measures those systems
+in interleaved one-second turns, which decides the ping-pong floors; a second echo server in it
+shows how far two identical servers differ in the same measurement. Memory is measured once,
+after that.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import compute_floor, memory
+from bench import compute_floor, memory, side_by_side
 from bench.loadgen import LoadResult, LoadSpec, run_load
 from bench.model import BenchModel, add_model_source_argument, describe, ensure_model, load_model
 from bench.procstat import loadavg
@@ -50,8 +58,11 @@ from bench.servers import (
     wait_model_ready,
 )
 from bench.serverutil import LOOP_CHOICES, resolve_loop
+from bench.side_by_side import ECHO_AGAIN, ServerSpec, SideBySide
 
-ALL_SYSTEMS = ("echo", "naive", "rnnserve", "frames", "kserve", "compute", "memory")
+ALL_SYSTEMS = (
+    "echo", "naive", "rnnserve", "frames", "kserve", "compute", "side-by-side", "memory",
+)  # fmt: skip
 KSERVE_LOAD = "ping-pong, KServe stream"
 FLOOR_N = 256
 
@@ -258,14 +269,53 @@ def _range(r: Summary) -> str:
 
 
 def render(
-    rows: list[Summary], fl: list[Floor], mem: memory.MemoryResult | None, header: str
+    rows: list[Summary],
+    fl: list[Floor],
+    mem: memory.MemoryResult | None,
+    header: str,
+    sbs: SideBySide | None = None,
+    side_fl: list[Floor] | None = None,
 ) -> str:
     lines = [header, ""]
-    lines.append(
+    if rows:
+        lines += _rounds_tables(rows, fl)
+    if sbs is not None:
+        lines += ["", *side_by_side.render(sbs), ""]
+        lines += [
+            "| ping-pong floor (issue 3), side by side | measured | required | result "
+            f"| A/A: {ECHO_AGAIN} ÷ echo, same figure |",
+            "|---|---:|---|---|---:|",
+        ]
+        for f in side_fl or []:
+            noise = _fmt(f.per_round[0], ".2f") if f.per_round else "–"
+            lines.append(
+                f"| {f.name} | {_fmt(f.measured, '.2f')}× | {f.required} | {_verdict(f)} | "
+                f"{noise if noise == '–' else noise + '×'} |"
+            )
+    if mem is not None:
+        lines += [
+            "",
+            "| idle sessions | RSS before MiB | RSS after MiB | bytes/session | raw state bytes "
+            "| ratio | errors | server lists |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {mem.sessions:,} | {mem.rss_before / 2**20:.1f} | {mem.rss_after / 2**20:.1f} | "
+            f"{mem.bytes_per_session:,.0f} | {mem.raw_state_bytes:,} | {mem.overhead_ratio:.2f}× | "
+            f"{mem.errors} | {mem.listed_total:,} |",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(f: Floor) -> str:
+    return "n/a" if f.passed is None else ("PASS" if f.passed else "FAIL")
+
+
+def _rounds_tables(rows: list[Summary], fl: list[Floor]) -> list[str]:
+    """The rounds' table (medians over rounds) and their floors."""
+    lines = [
         "| system | load | sessions | streams | client procs | steps/s | steps/s range | p50 ms "
-        "| p99 ms | server CPU % | client CPU % | errors | notes |"
-    )
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        "| p99 ms | server CPU % | client CPU % | errors | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r.system} | {r.load} | {r.sessions} | {_fmt(r.streams, 'd')} | "
@@ -279,22 +329,12 @@ def render(
         "|---|---:|---|---|---|",
     ]
     for f in fl:
-        verdict = "n/a" if f.passed is None else ("PASS" if f.passed else "FAIL")
         per_round = ", ".join(_fmt(x, ".2f") for x in f.per_round) or "–"
         lines.append(
-            f"| {f.name} | {_fmt(f.measured, '.2f')}× | {f.required} | {verdict} | {per_round} |"
+            f"| {f.name} | {_fmt(f.measured, '.2f')}× | {f.required} | {_verdict(f)} | "
+            f"{per_round} |"
         )
-    if mem is not None:
-        lines += [
-            "",
-            "| idle sessions | RSS before MiB | RSS after MiB | bytes/session | raw state bytes "
-            "| ratio | errors | server lists |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
-            f"| {mem.sessions:,} | {mem.rss_before / 2**20:.1f} | {mem.rss_after / 2**20:.1f} | "
-            f"{mem.bytes_per_session:,.0f} | {mem.raw_state_bytes:,} | {mem.overhead_ratio:.2f}× | "
-            f"{mem.errors} | {mem.listed_total:,} |",
-        ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _log(msg: str) -> None:
@@ -451,6 +491,63 @@ def _compute_row(model: BenchModel, args: argparse.Namespace) -> Row:
     )
 
 
+def server_specs(model: BenchModel, args: argparse.Namespace) -> dict[str, ServerSpec]:
+    """How each server under test starts (the rounds and the side-by-side run use the same)."""
+    gpu_flag = ["--gpu"] if args.gpu else []
+    loop_flag = ["--loop", args.loop_name]
+    echo = ServerSpec(python_module("bench.echo_server", "--port", "0", *loop_flag))
+    naive = ServerSpec(
+        python_module(
+            "bench.naive_server",
+            "--model-repository", str(model.repository),
+            "--model", model.name,
+            "--port", "0",
+            "--intra-op-threads", str(args.naive_threads),
+            *loop_flag,
+            *gpu_flag,
+        )
+    )  # fmt: skip
+    rnnserve = ServerSpec(
+        rnnserve_command(model.repository, args.gpu, *args.rnnserve_arg, event_loop=args.loop_name),
+        args.rnnserve_env,
+    )
+    return {"echo": echo, "naive": naive, "rnnserve": rnnserve}
+
+
+def run_side_by_side(model: BenchModel, args: argparse.Namespace, work: Path) -> SideBySide:
+    """The ping-pong floors' systems at FLOOR_N sessions, side by side (bench/side_by_side.py):
+    echo twice (the A/A pair), naive when asked, rnnserve."""
+    specs = server_specs(model, args)
+    servers = {"echo": specs["echo"], ECHO_AGAIN: specs["echo"]}
+    if "naive" in args.systems:
+        servers["naive"] = specs["naive"]
+    servers["rnnserve"] = specs["rnnserve"]
+    _log(f"side by side: {', '.join(servers)}, {args.side_cycles} cycles")
+    sbs = side_by_side.measure(
+        servers, model, work, args.side_sessions, args.side_cycles, args.side_turn
+    )
+    for f in side_floors(sbs):
+        _log(f"side by side: {f.name}: {f.measured:.2f}×")
+    return sbs
+
+
+def side_floors(sbs: SideBySide) -> list[Floor]:
+    """The ping-pong floors from the side-by-side run (`per_round` holds the A/A pair's same
+    ratio, echo against echo: the method's noise in this run)."""
+    out: list[Floor] = []
+    for name, num, den, attr, need, le in _FLOORS:
+        if num[1] != FLOOR_N or den[1] != FLOOR_N:
+            continue  # not a ping-pong floor
+        key = "p99_ms" if attr == "p99_ms" else "steps_per_s"
+        measured = sbs.ratio(num[0], den[0], key)
+        passed = None if math.isnan(measured) else (measured <= need if le else measured >= need)
+        noise = sbs.ratio(ECHO_AGAIN, "echo", key) if den[0] == "echo" else math.nan
+        if sbs.sessions != FLOOR_N:  # a smaller run (tests): same ratios, no verdict on the floor
+            name, passed = name.replace(f"{FLOOR_N} sessions", f"{sbs.sessions} sessions"), None
+        out.append(Floor(name, measured, f"{'≤' if le else '≥'} {need}×", passed, [noise]))
+    return out
+
+
 def run_round(
     k: int, model: BenchModel, args: argparse.Namespace, run_id: str, work: Path
 ) -> list[Row]:
@@ -459,51 +556,23 @@ def run_round(
     the servers in reverse order, so that a slow drift of the machine's speed (common on shared
     VMs) favours neither side of a ratio."""
     tag = f"{run_id}-r{k}"
-    gpu_flag = ["--gpu"] if args.gpu else []
-    loop_flag = ["--loop", args.loop_name]
+    specs = server_specs(model, args)
+
+    def start(system: str) -> list[Row]:
+        _log(f"round {k}: {system} server")
+        spec = specs[system]
+        sessions = args.sessions if system != "rnnserve" or "rnnserve" in args.systems else []
+        log_path = work / f"{system}-r{k}.log"
+        return _server_system(system, spec.cmd, log_path, spec.env, model, args, tag, sessions)
 
     def echo() -> list[Row]:
-        _log(f"round {k}: echo server")
-        cmd = python_module("bench.echo_server", "--port", "0", *loop_flag)
-        return _server_system(
-            "echo", cmd, work / f"echo-r{k}.log", None, model, args, tag, args.sessions
-        )
+        return start("echo")
 
     def naive() -> list[Row]:
-        _log(f"round {k}: naive server")
-        cmd = python_module(
-            "bench.naive_server",
-            "--model-repository",
-            str(model.repository),
-            "--model",
-            model.name,
-            "--port",
-            "0",
-            "--intra-op-threads",
-            str(args.naive_threads),
-            *loop_flag,
-            *gpu_flag,
-        )
-        return _server_system(
-            "naive", cmd, work / f"naive-r{k}.log", None, model, args, tag, args.sessions
-        )
+        return start("naive")
 
     def rnnserve() -> list[Row]:
-        _log(f"round {k}: rnnserve")
-        cmd = rnnserve_command(
-            model.repository, args.gpu, *args.rnnserve_arg, event_loop=args.loop_name
-        )
-        sessions = args.sessions if "rnnserve" in args.systems else []
-        return _server_system(
-            "rnnserve",
-            cmd,
-            work / f"rnnserve-r{k}.log",
-            args.rnnserve_env,
-            model,
-            args,
-            tag,
-            sessions,
-        )
+        return start("rnnserve")
 
     servers = [
         run
@@ -587,6 +656,21 @@ def main(argv: list[str] | None = None) -> int:
         "the table shows medians, floors the median of per-round ratios",
     )
     p.add_argument(
+        "--side-cycles",
+        type=int,
+        default=20,
+        help="side-by-side run: cycles, each giving every system one turn",
+    )
+    p.add_argument(
+        "--side-turn", type=float, default=1.0, help="side-by-side run: measured seconds per turn"
+    )
+    p.add_argument(
+        "--side-sessions",
+        type=int,
+        default=FLOOR_N,
+        help="side-by-side run: ping-pong sessions per system (the floors are set at 256)",
+    )
+    p.add_argument(
         "--loop",
         choices=LOOP_CHOICES,
         default="auto",
@@ -614,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="rnnserve-bench-"))
     rounds: list[list[Row]] = []
     mem: memory.MemoryResult | None = None
+    sbs: SideBySide | None = None
     try:
         if args.model_repository:
             model = load_model(Path(args.model_repository), args.model)
@@ -622,10 +707,12 @@ def main(argv: list[str] | None = None) -> int:
             model = ensure_model(work / "repository", args.model_source, args.model)
         _log(describe(model))
         _log(f"event loop: {args.loop_name}")
-        if set(args.systems) - {"memory"}:
+        if set(args.systems) - {"memory", "side-by-side"}:
             for k in range(1, args.repeat + 1):
                 _log(f"round {k}/{args.repeat}")
                 rounds.append(run_round(k, model, args, run_id, work))
+        if "side-by-side" in args.systems:
+            sbs = run_side_by_side(model, args, work)
         if "memory" in args.systems:
             _log(f"memory: {args.memory_sessions:,} idle sessions")
             try:
@@ -650,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = summarize(rounds)
     fl = floors(rounds)
+    side_fl = side_floors(sbs) if sbs is not None else []
     device = "GPU (cuda)" if args.gpu else "CPU"
     k = args.sessions_per_stream
     layout = "one stream per session" if k <= 1 else f"{k} sessions per stream"
@@ -668,8 +756,15 @@ def main(argv: list[str] | None = None) -> int:
         "processes: the table shows medians over rounds (steps/s range: min–max), and each floor "
         "is the ratio within each round (both sides from the same round), listed per round, "
         "whose median decides PASS/FAIL"
+        + (
+            "; the ping-pong floors are also measured side by side (every server running, the "
+            "load taking turns between them), which decides them: rounds a minute apart carry "
+            "the machine's drift into a ratio, turns a second apart do not (docs/benchmarks.md)"
+            if sbs is not None
+            else ""
+        )
     )
-    text = render(rows, fl, mem, header)
+    text = render(rows, fl, mem, header, sbs, side_fl)
     print(text)
     if args.output:
         out = Path(args.output)
@@ -683,6 +778,8 @@ def main(argv: list[str] | None = None) -> int:
                     "round_rows": [[asdict(r) for r in rr] for rr in rounds],
                     "event_loop": args.loop_name,
                     "memory": asdict(mem) if mem else None,
+                    "side_by_side": asdict(sbs) if sbs else None,
+                    "side_floors": [asdict(f) for f in side_fl],
                     "header": header,
                 },
                 indent=2,

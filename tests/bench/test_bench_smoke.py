@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import subprocess
 import sys
@@ -78,6 +79,47 @@ def test_harness_measures_rnnserve_over_the_kserve_stream(tmp_path: Path) -> Non
     assert rows[0]["errors"] == 0, rows[0]["note"]
     assert rows[0]["steps_per_s"] > 0
     assert rows[0]["streams"] == 3
+
+
+@pytest.mark.timeout(120)
+def test_side_by_side_gives_every_server_its_turns(tmp_path: Path) -> None:
+    """The side-by-side run: echo, a second echo (the A/A pair) and rnnserve serving at once,
+    the load taking turns; every turn of every server counted steps, every reply was checked,
+    and the ping-pong floors are computed from it (no verdict at a session count the issue
+    does not set)."""
+    out = tmp_path / "side.md"
+    cycles = 3
+    proc = run_module(
+        "bench.serving",
+        "--systems", "side-by-side",
+        "--side-sessions", "6",
+        "--side-cycles", str(cycles),
+        "--side-turn", "0.3",
+        "--model-source", "fallback",
+        "--output", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.with_suffix(".md.json").read_text())
+    assert data["rows"] == []  # no rounds were asked for
+    sbs = data["side_by_side"]
+    assert sbs["error"] == "", sbs["error"]
+    assert list(sbs["systems"]) == ["echo", "echo (A/A)", "rnnserve"]
+    for name, s in sbs["systems"].items():
+        assert s["errors"] == 0, (name, s["first_error"])
+        assert len(s["turn_steps_per_s"]) == cycles, name
+        assert min(s["turn_steps_per_s"]) > 0, name  # it stepped in each of its turns
+        assert s["p99_ms"] >= s["p50_ms"] > 0, name
+        assert s["server_cpu_us_per_step"] > 0, name
+    floors = {f["name"]: f for f in data["side_floors"]}
+    steps = floors["rnnserve / echo steps/s, 6 sessions"]
+    expected = sbs["systems"]["rnnserve"]["steps_per_s"] / sbs["systems"]["echo"]["steps_per_s"]
+    assert steps["measured"] == pytest.approx(expected)
+    assert steps["passed"] is None  # 6 sessions: the floors are set at 256
+    assert steps["per_round"][0] > 0  # the A/A pair's ratio
+    assert math.isnan(floors["rnnserve / naive steps/s, 6 sessions"]["measured"])  # not asked
+    table = out.read_text()
+    assert "| ping-pong floor (issue 3), side by side |" in table
+    assert "| echo (A/A) |" in table
 
 
 @pytest.mark.timeout(120)
