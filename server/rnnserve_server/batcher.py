@@ -341,10 +341,12 @@ class Batcher:
         outcome: Outcome,
     ) -> None:
         """`submit` for one session's [T, F] chunk, inlined: this runs once per step. Its
-        StepResult (or RnnServeError) is delivered to `outcome`."""
+        StepResult (or RnnServeError) is delivered to `outcome`, except on a stopped batcher:
+        that raises UNAVAILABLE, so the caller answers it as the rejection it is, in its turn
+        (an outcome resolved during submission would answer before the session's earlier
+        chunks still in flight)."""
         if self._loop_ref is None or self._closed:
-            outcome.set_exception(Unavailable("server is shutting down"))
-            return
+            raise Unavailable("server is shutting down")
         chunk = Chunk(
             self,
             [session_id],

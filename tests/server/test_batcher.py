@@ -403,8 +403,11 @@ def test_stop_fails_queued_and_running_chunks_without_applying_them(repo: Path) 
                 assert isinstance(res, RnnServeError)
                 assert res.code == ErrorCode.UNAVAILABLE
             assert int(r.store.steps[r.store.slot_of["s"]]) == 2
-            late = r.step("s", data(9, 1))
-            with pytest.raises(RnnServeError):
-                await late
+            # A stopped batcher refuses at once (the caller answers it in the session's turn);
+            # resolving the outcome during submission could overtake replies still in flight.
+            with pytest.raises(RnnServeError) as late:
+                r.step("s", data(9, 1))
+            assert late.value.code == ErrorCode.UNAVAILABLE
+            assert int(r.store.steps[r.store.slot_of["s"]]) == 2
 
     asyncio.run(main())
