@@ -1,5 +1,9 @@
 """The compute floor: ONNX Runtime running the benchmark model in-process, batches of 256
-sessions x 1 step, the recurrent state fed back each run. No gRPC, no Python per session."""
+sessions x 1 step, the recurrent state fed back each run. No gRPC, no Python per session.
+
+`graph="step"` runs the copy of the graph that rnnserve runs for one-step batches (its GRU
+nodes written out, `rnnserve_server.step_graph`), so that the floor is the faster of the two
+ways ORT can compute the same batch, as rnnserve may use either."""
 
 from __future__ import annotations
 
@@ -7,11 +11,15 @@ import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
 
 from bench.model import BenchModel, load_model
+from rnnserve_server.step_graph import single_step_graph
+
+Graph = Literal["model", "step"]
 
 
 @dataclass(frozen=True)
@@ -21,14 +29,26 @@ class ComputeResult:
     run_ms_p50: float
     providers: list[str]
     threads: int
+    graph: Graph = "model"
 
 
-def make_session(model: BenchModel, gpu: bool, threads: int) -> ort.InferenceSession:
+def has_step_graph(model: BenchModel) -> bool:
+    return single_step_graph(model.onnx_path.read_bytes()) is not None
+
+
+def make_session(
+    model: BenchModel, gpu: bool, threads: int, graph: Graph = "model"
+) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads  # 0 = ORT default (one per physical core)
     providers = (
         ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
     )
+    if graph == "step":
+        made = single_step_graph(model.onnx_path.read_bytes())
+        if made is None:
+            raise ValueError(f"{model.name} has no step graph (no GRU nodes to write out)")
+        return ort.InferenceSession(made[0], opts, providers=providers)
     return ort.InferenceSession(str(model.onnx_path), opts, providers=providers)
 
 
@@ -39,9 +59,10 @@ def measure(
     warmup_s: float = 1.0,
     gpu: bool = False,
     threads: int = 0,
+    graph: Graph = "model",
 ) -> ComputeResult:
     meta = model.metadata
-    sess = make_session(model, gpu, threads)
+    sess = make_session(model, gpu, threads, graph)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 1, meta.input_features), dtype=np.float32)
     states = {s.input_name: np.zeros((batch, *s.shape), np.float32) for s in meta.states}
@@ -70,6 +91,7 @@ def measure(
         run_ms_p50=float(np.median(times) * 1e3),
         providers=sess.get_providers(),
         threads=threads,
+        graph=graph,
     )
 
 
@@ -81,13 +103,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--graph", choices=["model", "step"], default="model")
     a = parser.parse_args()
-    r = measure(
-        load_model(Path(a.model_repository), a.model), a.batch, a.duration, 1.0, a.gpu, a.threads
-    )
+    model = load_model(Path(a.model_repository), a.model)
+    r = measure(model, a.batch, a.duration, 1.0, a.gpu, a.threads, a.graph)
     print(
         f"{r.steps_per_s:,.0f} steps/s (batch {r.batch}, run p50 {r.run_ms_p50:.2f} ms, "
-        f"{r.providers})"
+        f"{r.providers}, {r.graph} graph)"
     )
 
 

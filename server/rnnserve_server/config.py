@@ -41,6 +41,19 @@ class RuntimeSettings(BaseModel):
     run_workers: int = Field(
         2, description="Threads that run ONNX Runtime (its run() releases the GIL)."
     )
+    step_graph: bool = Field(
+        True,
+        description="On CPU, run one-step batches (T=1) of models with ONNX GRU nodes through a "
+        "copy of the graph with each GRU written out as its cell equations, used only after it "
+        "gave the original's outputs at load. ORT's GRU kernel is the slow way to compute one "
+        "step: the copy took 24% less time per session-step at batch 59 and 256.",
+    )
+    step_graph_min_batch: int = Field(
+        16,
+        ge=1,
+        description="Smallest batch (sessions) that uses the step graph: below it the copy's "
+        "extra nodes cost more than the GRU kernel loses (slower up to about 8 sessions).",
+    )
     worker_nice: Annotated[int, Field(ge=0, le=19)] | Literal["auto"] = Field(
         "auto",
         description="Niceness of the ONNX Runtime worker threads (Linux; 0 = as the rest of the "

@@ -127,8 +127,9 @@ class Metrics:
         )
         self.model_info = Gauge(
             "rnnserve_model_info",
-            "Loaded models (value 1) and the execution provider really in use.",
-            ["model", "version", "variant", "provider", "streaming"],
+            "Loaded models (value 1), the execution provider really in use, and whether "
+            "one-step batches run a step graph (runtime.step_graph).",
+            ["model", "version", "variant", "provider", "streaming", "step_graph"],
             registry=r,
         )
         self.server_info = Gauge(
@@ -155,10 +156,21 @@ class Metrics:
 
     # -- service level ---------------------------------------------------------------------------
     def set_model_info(
-        self, model: str, version: int, variant: str, provider: str, streaming: bool
+        self,
+        model: str,
+        version: int,
+        variant: str,
+        provider: str,
+        streaming: bool,
+        step_graph: bool = False,
     ) -> None:
         self.model_info.labels(
-            model, str(version), variant, provider, "true" if streaming else "false"
+            model,
+            str(version),
+            variant,
+            provider,
+            "true" if streaming else "false",
+            "true" if step_graph else "false",
         ).set(1)
 
 

@@ -23,6 +23,7 @@ import onnxruntime as ort
 from rnnserve_proto import model_repository_pb2 as mr
 from rnnserve_server.config import RuntimeSettings
 from rnnserve_server.repository import ModelVersion, RepositoryError
+from rnnserve_server.step_graph import single_step_graph
 from rnnserve_server.types import FloatArray
 
 log = logging.getLogger("rnnserve.runtime")
@@ -42,6 +43,10 @@ _cuda_usable: bool | None = None
 _cuda_lock = threading.Lock()
 
 States = dict[str, np.ndarray]  # StateTensor.name -> [B, *shape]
+
+# How far a step graph's outputs may be from the model's (float32 rounding in another order;
+# the bench GRU differs by 5e-7 at most).
+_STEP_GRAPH_TOLERANCE = 1e-5
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +145,9 @@ class ModelRunner:
         self.meta = model.metadata
         self.session = _create_session(str(model.onnx_path), settings)
         self.on_cuda = _CUDA in self.session.get_providers()
+        # One-step batches of at least this many sessions run the step graph (if there is one).
+        self._step_session: ort.InferenceSession | None = None
+        self._step_min_batch = settings.step_graph_min_batch
         self.provider = "cuda" if self.on_cuda else "cpu"
         self.device_id = settings.cuda_device_id
         self.states = state_specs(self.meta)
@@ -150,6 +158,59 @@ class ModelRunner:
         self._in_norm = _affine(norm.input_mean, norm.input_std)
         self._out_norm = _affine(norm.output_mean, norm.output_std)
         self._check_graph()
+        if settings.step_graph and not self.on_cuda:
+            self._step_session = self._load_step_graph(settings)
+
+    @property
+    def step_graph(self) -> bool:
+        """One-step batches run a copy of the graph with its GRU nodes written out."""
+        return self._step_session is not None
+
+    def _load_step_graph(self, settings: RuntimeSettings) -> ort.InferenceSession | None:
+        """The step graph's session, if the model has GRU nodes it can write out and the copy
+        gives the original's outputs for one step (checked here on random inputs); else None."""
+        where = str(self.model.onnx_path)
+        try:
+            made = single_step_graph(self.model.onnx_path.read_bytes())
+            if made is None:
+                return None
+            step, grus = made
+            session = ort.InferenceSession(step, _session_options(settings), providers=[_CPU])
+            diff = self._step_graph_difference(session)
+        except Exception as exc:  # any failure leaves the model on its own graph
+            log.warning("%s: no step graph (%s: %s)", where, type(exc).__name__, exc)
+            return None
+        if not diff <= _STEP_GRAPH_TOLERANCE:
+            log.warning(
+                "%s: the step graph differs from the model by %.3g (> %g); not used",
+                where, diff, _STEP_GRAPH_TOLERANCE,
+            )  # fmt: skip
+            return None
+        log.info(
+            "%s: one-step batches of %d+ sessions run a step graph (%d GRU nodes written out; "
+            "largest difference from the model %.2g)",
+            self.label, self._step_min_batch, grus, diff,
+        )  # fmt: skip
+        return session
+
+    def _step_graph_difference(self, step: ort.InferenceSession) -> float:
+        """Largest absolute difference between the model's and `step`'s outputs for one step of
+        a few sessions, from random inputs and states."""
+        rng = np.random.default_rng(0)
+        batch = 3
+        x = rng.standard_normal((batch, 1, self.input_features)).astype(np.float32)
+        feeds: dict[str, np.ndarray] = {self.meta.input_name: x}
+        for s in self.states:
+            if s.dtype == np.float32:
+                feeds[s.input_name] = rng.standard_normal((batch, *s.shape)).astype(np.float32)
+            else:  # counters: the initial value
+                feeds[s.input_name] = s.initial(batch)
+        want = self.session.run(self._out_names, feeds)
+        got = step.run(self._out_names, feeds)
+        return max(
+            float(np.max(np.abs(a.astype(np.float64) - b), initial=0.0))
+            for a, b in zip(want, got, strict=True)
+        )
 
     @property
     def label(self) -> str:
@@ -214,7 +275,11 @@ class ModelRunner:
         feeds: dict[str, np.ndarray] = {self.meta.input_name: self.normalize(x)}
         for s in self.states:
             feeds[s.input_name] = states[s.name]
-        outs = self.session.run(self._out_names, feeds)
+        session = self.session
+        step = self._step_session
+        if step is not None and x.shape[1] == 1 and x.shape[0] >= self._step_min_batch:
+            session = step
+        outs = session.run(self._out_names, feeds)
         y = self.denormalize(outs[0])
         return y, {s.name: outs[i + 1] for i, s in enumerate(self.states)}
 

@@ -204,7 +204,12 @@ class InferenceService:
                     )
                     models.setdefault(name, {})[version] = LoadedModel(runner, store, batcher)
                     metrics.set_model_info(
-                        name, version, meta.variant, runner.provider, meta.streaming
+                        name,
+                        version,
+                        meta.variant,
+                        runner.provider,
+                        meta.streaming,
+                        runner.step_graph,
                     )
                     log.info(
                         "loaded model %s version %d (%s, %s, provider %s)",

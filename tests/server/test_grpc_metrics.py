@@ -4,14 +4,17 @@ by exactly the traffic the test sends."""
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 
 import numpy as np
+import onnx
 from grpc_helpers import ServerProcess, Stubs, raw_input, run_stream, step_request, tensor
 from prometheus_client.parser import text_string_to_metric_families
 
 from rnnserve_proto import model_repository_pb2 as mr
 from rnnserve_proto import rnnserve_pb2 as pb
 from rnnserve_server.compiled import hot_path
+from rnnserve_server.repository import scan
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -150,3 +153,24 @@ def test_server_info_says_which_hot_path_runs(server: ServerProcess) -> None:
     lines = [r for r in server.logs() if str(r.get("msg", "")).startswith("hot path:")]
     assert [r.get("hot_path") for r in lines] == [expected.label]
     assert expected.reason in str(lines[0]["msg"])
+
+
+def test_model_info_says_which_models_run_a_step_graph(
+    server: ServerProcess, repository: Path
+) -> None:
+    """runtime.step_graph is on by default: on CPU, exactly the models made of forward GRU
+    layers run one-step batches through a step graph, and the metric says so for each."""
+    samples = scrape(server)
+    seen = {}
+    for (name, labels), v in samples.items():
+        if name == "rnnserve_model_info" and v == 1:
+            info = dict(labels)
+            seen[(info["model"], int(info["version"]))] = info["step_graph"]
+    expected = {}
+    for name, versions in scan(repository, None).items():
+        for version, mv in versions.items():
+            grus = [n for n in onnx.load(str(mv.onnx_path)).graph.node if n.op_type == "GRU"]
+            forward = all(all(a.name != "direction" for a in n.attribute) for n in grus)
+            expected[(name, version)] = "true" if grus and forward else "false"
+    assert seen == expected
+    assert "true" in seen.values()

@@ -1011,7 +1011,7 @@ def test_close_drains_queued_work_then_refuses(repo: Path) -> None:
 def test_metrics_move_with_the_work(repo: Path) -> None:
     async def body(svc: InferenceService) -> None:
         info = {"model": "gru", "version": "2", "variant": "gru", "provider": "cpu",
-                "streaming": "true"}  # fmt: skip
+                "streaming": "true", "step_graph": "true"}  # fmt: skip
         assert sample(svc, "rnnserve_model_info", info) == 1
         for i in range(5):
             await svc.step(StepInput(f"mx{i}", "gru", None, X[:3], start=True))
@@ -1049,7 +1049,7 @@ def test_cuda_falls_back_to_cpu_with_one_log_line(
 
     async def body(svc: InferenceService) -> None:
         labels = {"model": "gru", "version": "2", "variant": "gru", "provider": "cpu",
-                  "streaming": "true"}  # fmt: skip
+                  "streaming": "true", "step_graph": "true"}  # fmt: skip
         assert sample(svc, "rnnserve_model_info", labels) == 1
         out = await svc.step(StepInput("g", "gru", None, X[:3], start=True))
         np.testing.assert_allclose(out.y, offline(repo, "gru", 2, X[:3]), atol=TOL, rtol=0)

@@ -1,0 +1,183 @@
+"""A single-step copy of a model's graph: every ONNX `GRU` node written out as its cell equations
+(two Gemms, Sigmoid, Tanh and a few elementwise ops), valid only when the time axis is 1.
+
+Why: streamed steps are almost always T=1 (ping-pong clients, frames of one step, forecasts),
+and for T=1 ONNX Runtime's CPU GRU kernel is the slow way to compute one cell: on the benchmark
+GRU (2 layers, hidden 128) it took 7.9 µs per session-step at batch 59 and 7.4 µs at batch 256,
+against 5.5 and 5.0 µs for the same cell as plain ops (docs/benchmarks.md). The rest of the
+graph is kept as it is, so inputs, outputs and state layout do not change.
+
+The copy is used only if it gives the original's outputs for T=1 (`ModelRunner` checks this on
+random inputs when it loads the model); anything this module does not know how to write out
+(another direction, clip, custom activations, sequence lengths, a GRU with no initial state)
+leaves the model without a step graph, never with a wrong one.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from rnnserve_proto import onnx_graph_pb2 as og
+
+_DEFAULT_ACTIVATIONS = [b"Sigmoid", b"Tanh"]
+AttributeValue = int | float | bytes | list[int] | list[float] | list[bytes]
+
+
+def _value(a: og.Attribute) -> AttributeValue:
+    kinds: dict[int, AttributeValue] = {
+        og.Attribute.INT: a.i,
+        og.Attribute.FLOAT: a.f,
+        og.Attribute.STRING: a.s,
+        og.Attribute.INTS: list(a.ints),
+        og.Attribute.FLOATS: list(a.floats),
+        og.Attribute.STRINGS: list(a.strings),
+    }
+    if a.type not in kinds:
+        raise ValueError(f"attribute {a.name!r} of an unexpected type {a.type}")
+    return kinds[a.type]
+
+
+def _attributes(node: og.Node) -> dict[str, AttributeValue]:
+    return {a.name: _value(a) for a in node.attribute}
+
+
+def _node(op: str, inputs: list[str], outputs: list[str], **ints: int) -> og.Node:
+    """A node of the default domain with integer attributes."""
+    node = og.Node(op_type=op, input=inputs, output=outputs)
+    for name, value in ints.items():
+        node.attribute.add(name=name, type=og.Attribute.INT, i=value)
+    return node
+
+
+def _int64s(name: str, values: list[int]) -> og.Tensor:
+    raw = struct.pack(f"<{len(values)}q", *values)
+    return og.Tensor(name=name, data_type=og.Tensor.INT64, dims=[len(values)], raw_data=raw)
+
+
+def _writable(node: og.Node) -> bool:
+    """A GRU node this module can write out: forward, default activations, no clip, the time
+    axis first (layout 0), no sequence lengths, an initial state given."""
+    try:
+        attrs = _attributes(node)
+    except ValueError:
+        return False
+    if attrs.get("direction", b"forward") != b"forward" or "clip" in attrs:
+        return False
+    if attrs.get("layout", 0) != 0 or "activation_alpha" in attrs or "activation_beta" in attrs:
+        return False
+    if attrs.get("activations", _DEFAULT_ACTIVATIONS) not in (_DEFAULT_ACTIVATIONS, []):
+        return False
+    inputs = list(node.input) + [""] * (6 - len(node.input))
+    return inputs[4] == "" and inputs[5] != "" and isinstance(attrs.get("hidden_size"), int)
+
+
+def _gru_cell(node: og.Node, k: int) -> tuple[list[og.Node], list[og.Tensor]]:
+    """The nodes (and constants) that compute `node`'s outputs for one time step."""
+    attrs = _attributes(node)
+    hidden = attrs["hidden_size"]
+    assert isinstance(hidden, int)  # _writable checked it
+    before_reset = attrs.get("linear_before_reset", 0) != 0
+    x, w, r = node.input[0], node.input[1], node.input[2]
+    bias = node.input[3] if len(node.input) > 3 else ""
+    h0_in = node.input[5]
+    p = f"__step{k}_"  # names unique to this node
+
+    def n(name: str) -> str:
+        return p + name
+
+    consts = [
+        _int64s(n("axis0"), [0]),
+        _int64s(n("axes01"), [0, 1]),
+        _int64s(n("split_gates"), [2 * hidden, hidden]),
+        _int64s(n("split_zr"), [hidden, hidden]),
+    ]
+    nodes = [
+        _node("Squeeze", [x, n("axis0")], [n("x")]),  # [B, I]
+        _node("Squeeze", [h0_in, n("axis0")], [n("h0")]),  # [B, H]
+        _node("Squeeze", [w, n("axis0")], [n("w")]),  # [3H, I], gates z, r, h
+        _node("Squeeze", [r, n("axis0")], [n("r")]),  # [3H, H]
+    ]
+    w_bias: list[str] = []
+    r_bias: list[str] = []
+    if bias:
+        consts.append(_int64s(n("split_b"), [3 * hidden] * 2))
+        nodes += [
+            _node("Squeeze", [bias, n("axis0")], [n("b")]),  # [6H]: Wb[zrh], Rb[zrh]
+            _node("Split", [n("b"), n("split_b")], [n("wb"), n("rb")], axis=0),
+        ]
+        w_bias, r_bias = [n("wb")], [n("rb")]
+    nodes += [
+        _node("Gemm", [n("x"), n("w"), *w_bias], [n("gi")], transB=1),  # [B, 3H]
+        _node("Split", [n("gi"), n("split_gates")], [n("gi_zr"), n("gi_h")], axis=1),
+    ]
+    if before_reset:
+        # h~ = tanh(Wh x + Wbh + r * (Rh h0 + Rbh))
+        nodes += [
+            _node("Gemm", [n("h0"), n("r"), *r_bias], [n("gh")], transB=1),
+            _node("Split", [n("gh"), n("split_gates")], [n("gh_zr"), n("gh_h")], axis=1),
+            _node("Add", [n("gi_zr"), n("gh_zr")], [n("zr_in")]),
+            _node("Sigmoid", [n("zr_in")], [n("zr")]),
+            _node("Split", [n("zr"), n("split_zr")], [n("z"), n("rg")], axis=1),
+            _node("Mul", [n("rg"), n("gh_h")], [n("rh")]),
+        ]
+    else:
+        # h~ = tanh(Wh x + Wbh + Rh (r * h0) + Rbh)
+        nodes.append(_node("Split", [n("r"), n("split_gates")], [n("r_zr"), n("r_h")], axis=0))
+        zr_bias: list[str] = []
+        h_bias: list[str] = []
+        if bias:
+            nodes.append(
+                _node("Split", [n("rb"), n("split_gates")], [n("rb_zr"), n("rb_h")], axis=0)
+            )
+            zr_bias, h_bias = [n("rb_zr")], [n("rb_h")]
+        nodes += [
+            _node("Gemm", [n("h0"), n("r_zr"), *zr_bias], [n("gh_zr")], transB=1),
+            _node("Add", [n("gi_zr"), n("gh_zr")], [n("zr_in")]),
+            _node("Sigmoid", [n("zr_in")], [n("zr")]),
+            _node("Split", [n("zr"), n("split_zr")], [n("z"), n("rg")], axis=1),
+            _node("Mul", [n("rg"), n("h0")], [n("rh0")]),
+            _node("Gemm", [n("rh0"), n("r_h"), *h_bias], [n("rh")], transB=1),
+        ]
+    nodes += [
+        _node("Add", [n("gi_h"), n("rh")], [n("h_in")]),
+        _node("Tanh", [n("h_in")], [n("h_cand")]),
+        # h = (1 - z) * h~ + z * h0 = h~ + z * (h0 - h~)
+        _node("Sub", [n("h0"), n("h_cand")], [n("diff")]),
+        _node("Mul", [n("z"), n("diff")], [n("zdiff")]),
+        _node("Add", [n("h_cand"), n("zdiff")], [n("h")]),
+    ]
+    y = node.output[0] if len(node.output) > 0 else ""
+    y_h = node.output[1] if len(node.output) > 1 else ""
+    if y:  # [T=1, directions=1, B, H]
+        nodes.append(_node("Unsqueeze", [n("h"), n("axes01")], [y]))
+    if y_h:  # [directions=1, B, H]
+        nodes.append(_node("Unsqueeze", [n("h"), n("axis0")], [y_h]))
+    return nodes, consts
+
+
+def single_step_graph(model_bytes: bytes) -> tuple[bytes, int] | None:
+    """A serialised copy of the model for T=1 with its GRU nodes written out, and how many there
+    were; None when there is nothing to write out or a GRU node is of a kind this module leaves
+    alone."""
+    model = og.Model.FromString(model_bytes)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    grus = [node for node in model.graph.node if node.op_type == "GRU" and not node.domain]
+    if opset < 13 or not grus or not all(_writable(g) for g in grus):
+        return None  # Squeeze/Split take their axes and sizes as inputs from opset 13 on
+    graph = model.graph
+    nodes: list[og.Node] = []
+    k = 0
+    for node in graph.node:
+        if node.op_type == "GRU" and not node.domain:
+            cell, consts = _gru_cell(node, k)
+            nodes += cell
+            graph.initializer.extend(consts)
+            k += 1
+        else:
+            nodes.append(node)
+    kept = [og.Node.FromString(node.SerializeToString()) for node in nodes]
+    del graph.node[:]
+    graph.node.extend(kept)
+    # Shapes recorded for the old outputs (a time axis of the export's length) no longer hold.
+    del graph.value_info[:]
+    return model.SerializeToString(), k

@@ -1,0 +1,226 @@
+"""The step graph (runtime.step_graph): GRU nodes written out as cell equations for one time
+step give ONNX Runtime's GRU results, for every GRU model of the repository and for the GRU
+attributes the rewrite handles; kinds it does not handle get no step graph; the runner runs it
+only for one-step batches from `step_graph_min_batch` sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from fixtures import F, H, build_repository
+from onnx import TensorProto, helper, numpy_helper
+
+from rnnserve_server import repository
+from rnnserve_server.config import RuntimeSettings
+from rnnserve_server.runtime import ModelRunner
+from rnnserve_server.step_graph import single_step_graph
+
+TOLERANCE = 1e-5
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def _random_feeds(session: ort.InferenceSession, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Random float inputs, initial (zero) int64 states: a symbolic dimension named B or batch
+    is the batch, any other one (time) is 1."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for i in session.get_inputs():
+        shape = [
+            (batch if str(d).lower() in ("b", "batch") else 1) if isinstance(d, str) else d
+            for d in i.shape
+        ]
+        if i.type == "tensor(int64)":
+            feeds[i.name] = np.zeros(shape, np.int64)
+        else:
+            feeds[i.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def _assert_same_one_step(model: onnx.ModelProto, batches: tuple[int, ...] = (1, 17)) -> int:
+    made = single_step_graph(model.SerializeToString())
+    assert made is not None
+    step = onnx.load_from_string(made[0])
+    written = made[1]
+    grus = sum(1 for n in model.graph.node if n.op_type == "GRU")
+    assert written == grus > 0
+    assert not any(n.op_type == "GRU" for n in step.graph.node)
+    original, rewritten = _session(model), _session(step)
+    for batch in batches:
+        feeds = _random_feeds(original, batch, seed=batch)
+        for want, got in zip(original.run(None, feeds), rewritten.run(None, feeds), strict=True):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE)
+    return written
+
+
+def _models(root: Path) -> list[tuple[str, Path]]:
+    found = []
+    for name, versions in repository.scan(root, None).items():
+        for version, mv in versions.items():
+            found.append((f"{name}:{version}", mv.onnx_path))
+    return sorted(found)
+
+
+def test_every_gru_model_of_the_repository_gets_an_exact_step_graph(repository: Path) -> None:
+    """Forward GRU graphs (the exporter's stacked layers, the fixture's single layer) are
+    rewritten and agree with the model; bidirectional, LSTM, RNN and Scan graphs are left
+    alone."""
+    rewritten = []
+    for label, path in _models(repository):
+        model = onnx.load(str(path))
+        ops = {n.op_type for n in model.graph.node}
+        forward_grus = [
+            n for n in model.graph.node
+            if n.op_type == "GRU" and all(a.name != "direction" for a in n.attribute)
+        ]  # fmt: skip
+        if "GRU" in ops and len(forward_grus) == sum(n.op_type == "GRU" for n in model.graph.node):
+            _assert_same_one_step(model)
+            rewritten.append(label)
+        else:
+            assert single_step_graph(model.SerializeToString()) is None, label
+    assert rewritten, "no GRU model in the repository"
+
+
+def _gru_model(
+    layers: int = 1, bias: bool = True, before_reset: int = 0, **attrs: object
+) -> onnx.ModelProto:
+    """x [T, B, F] through `layers` GRU layers (time-major, as the ONNX op takes it)."""
+    rng = np.random.default_rng(layers * 10 + before_reset)
+    nodes, inits = [], []
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", F])]
+    outputs = []
+    x, width = "x", F
+    for k in range(layers):
+        W = rng.normal(0, 0.5, (1, 3 * H, width)).astype(np.float32)
+        R = rng.normal(0, 0.5, (1, 3 * H, H)).astype(np.float32)
+        inits += [numpy_helper.from_array(W, f"W{k}"), numpy_helper.from_array(R, f"R{k}")]
+        b = ""
+        if bias:
+            b = f"B{k}"
+            inits.append(
+                numpy_helper.from_array(rng.normal(0, 0.3, (1, 6 * H)).astype(np.float32), b)
+            )
+        inputs.append(helper.make_tensor_value_info(f"h{k}", TensorProto.FLOAT, [1, "B", H]))
+        nodes.append(
+            helper.make_node(
+                "GRU", [x, f"W{k}", f"R{k}", b, "", f"h{k}"], [f"Y{k}", f"Yh{k}"],
+                hidden_size=H, linear_before_reset=before_reset, **attrs,
+            )
+        )  # fmt: skip
+        nodes.append(helper.make_node("Squeeze", [f"Y{k}", "dir_axis"], [f"x{k + 1}"]))
+        outputs.append(helper.make_tensor_value_info(f"Yh{k}", TensorProto.FLOAT, None))
+        x, width = f"x{k + 1}", H
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "dir_axis"))
+    outputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "grus", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+@pytest.mark.parametrize("before_reset", [0, 1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gru_cells_written_out_match_the_onnx_gru(before_reset: int, bias: bool) -> None:
+    assert _assert_same_one_step(_gru_model(2, bias, before_reset), (1, 5, 40)) == 2
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"direction": "bidirectional"},
+        {"direction": "reverse"},
+        {"clip": 5.0},
+        {"activations": ["Sigmoid", "Relu"]},
+        {"layout": 1},
+    ],
+)
+def test_gru_kinds_it_does_not_write_out_get_no_step_graph(attrs: dict[str, object]) -> None:
+    assert single_step_graph(_gru_model(1, True, 0, **attrs).SerializeToString()) is None
+
+
+def test_a_gru_without_initial_state_gets_no_step_graph() -> None:
+    model = _gru_model(1)
+    gru = next(n for n in model.graph.node if n.op_type == "GRU")
+    del gru.input[5]
+    assert single_step_graph(model.SerializeToString()) is None
+
+
+@pytest.fixture(scope="module")
+def gru_version(tmp_path_factory: pytest.TempPathFactory) -> repository.ModelVersion:
+    root = build_repository(tmp_path_factory.mktemp("step-graph-repo"))
+    return repository.scan(root, ["gru"])["gru"][2]
+
+
+def _runner(mv: repository.ModelVersion, **settings: object) -> ModelRunner:
+    return ModelRunner(mv, RuntimeSettings(providers=["cpu"], intra_op_threads=1, **settings))  # type: ignore[arg-type]
+
+
+def test_runner_results_are_the_same_with_and_without_the_step_graph(
+    gru_version: repository.ModelVersion,
+) -> None:
+    with_step = _runner(gru_version, step_graph_min_batch=4)
+    without = _runner(gru_version, step_graph=False)
+    assert with_step.step_graph
+    assert not without.step_graph
+    rng = np.random.default_rng(3)
+    for batch, steps in ((4, 1), (9, 1), (2, 1), (6, 5)):
+        x = rng.normal(size=(batch, steps, F)).astype(np.float32)
+        states = {"h": rng.normal(size=(batch, 1, H)).astype(np.float32)}
+        y1, s1 = with_step.run(x, states)
+        y2, s2 = without.run(x, states)
+        np.testing.assert_allclose(y1, y2, rtol=0, atol=TOLERANCE)
+        np.testing.assert_allclose(s1["h"], s2["h"], rtol=0, atol=TOLERANCE)
+
+
+def test_runner_uses_the_step_graph_only_for_one_step_batches_from_the_minimum(
+    gru_version: repository.ModelVersion,
+) -> None:
+    """White-box: the step session is swapped for a graph that answers zeros, which shows which
+    runs go through it."""
+    runner = _runner(gru_version, step_graph_min_batch=4)
+    zeros = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "zero"], ["y"]),
+            helper.make_node("Mul", ["h_in", "zero"], ["h_out"]),
+        ],
+        "zeros",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", F]),
+            helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["B", 1, H]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "T", F]),
+            helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["B", 1, H]),
+        ],
+        [numpy_helper.from_array(np.zeros((), np.float32), "zero")],
+    )
+    zero_model = helper.make_model(
+        zeros, opset_imports=[helper.make_opsetid("", 17)], ir_version=10
+    )
+    runner._step_session = _session(zero_model)
+    rng = np.random.default_rng(5)
+
+    def through_step_graph(batch: int, steps: int) -> bool:
+        x = rng.normal(size=(batch, steps, F)).astype(np.float32)
+        _, states = runner.run(x, {"h": rng.normal(size=(batch, 1, H)).astype(np.float32)})
+        return not states["h"].any()
+
+    assert through_step_graph(4, 1)
+    assert through_step_graph(30, 1)
+    assert not through_step_graph(3, 1)  # below the minimum batch
+    assert not through_step_graph(8, 2)  # a chunk of two steps needs the whole graph
+
+
+def test_no_step_graph_when_switched_off_or_the_model_has_no_gru(tmp_path: Path) -> None:
+    root = build_repository(tmp_path)
+    assert not _runner(repository.scan(root, ["gru"])["gru"][2], step_graph=False).step_graph
+    assert not _runner(repository.scan(root, ["counter"])["counter"][1]).step_graph
