@@ -41,18 +41,22 @@ class RuntimeSettings(BaseModel):
     run_workers: int = Field(
         2, description="Threads that run ONNX Runtime (its run() releases the GIL)."
     )
-    step_graph: bool = Field(
-        True,
-        description="On CPU, run one-step batches (T=1) of models with ONNX GRU nodes through a "
-        "copy of the graph with each GRU written out as its cell equations, used only after it "
-        "gave the original's outputs at load. ORT's GRU kernel is the slow way to compute one "
-        "step: the copy took 24% less time per session-step at batch 59 and 256.",
+    step_graph: bool | Literal["auto"] = Field(
+        "auto",
+        description="On CPU, run one-step batches (T=1) of models with ONNX GRU or LSTM nodes "
+        "through a copy of the graph with each of them written out as its cell equations, used "
+        "only after it gave the original's outputs at load. 'auto': only where it is also faster, "
+        "timed at load from step_graph_min_batch to 256 sessions, from the smallest batch on "
+        "which it stays faster (on the 2-core VM: GRUs yes, -24% ORT time per session-step at "
+        "batch 59 and 256 for the hidden-128 benchmark GRU, from 128 sessions for the small "
+        "shipped GRUs; LSTMs mostly no, ORT's LSTM kernel is as fast); true: from "
+        "step_graph_min_batch wherever it is exact; false: never.",
     )
     step_graph_min_batch: int = Field(
-        16,
+        32,
         ge=1,
         description="Smallest batch (sessions) that uses the step graph: below it the copy's "
-        "extra nodes cost more than the GRU kernel loses (slower up to about 8 sessions).",
+        "extra nodes cost more than the GRU kernel loses (slower up to about 16 sessions).",
     )
     worker_nice: Annotated[int, Field(ge=0, le=19)] | Literal["auto"] = Field(
         "auto",

@@ -13,7 +13,9 @@ steps through IO binding; only the small prediction that is fed back travels to 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +49,9 @@ States = dict[str, np.ndarray]  # StateTensor.name -> [B, *shape]
 # How far a step graph's outputs may be from the model's (float32 rounding in another order;
 # the bench GRU differs by 5e-7 at most).
 _STEP_GRAPH_TOLERANCE = 1e-5
+# With step_graph 'auto', the step graph must take at most this share of the model's time.
+_STEP_GRAPH_GAIN = 0.95
+_TIMING_RUNS = 12  # per graph and batch size
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,23 +163,24 @@ class ModelRunner:
         self._in_norm = _affine(norm.input_mean, norm.input_std)
         self._out_norm = _affine(norm.output_mean, norm.output_std)
         self._check_graph()
-        if settings.step_graph and not self.on_cuda:
+        if settings.step_graph is not False and not self.on_cuda:
             self._step_session = self._load_step_graph(settings)
 
     @property
     def step_graph(self) -> bool:
-        """One-step batches run a copy of the graph with its GRU nodes written out."""
+        """One-step batches run a copy of the graph with its GRU/LSTM nodes written out."""
         return self._step_session is not None
 
     def _load_step_graph(self, settings: RuntimeSettings) -> ort.InferenceSession | None:
-        """The step graph's session, if the model has GRU nodes it can write out and the copy
-        gives the original's outputs for one step (checked here on random inputs); else None."""
+        """The step graph's session, if the model has GRU or LSTM nodes it can write out, the
+        copy gives the original's outputs for one step (checked here on random inputs) and,
+        with step_graph 'auto', it is faster (timed here); else None."""
         where = str(self.model.onnx_path)
         try:
             made = single_step_graph(self.model.onnx_path.read_bytes())
             if made is None:
                 return None
-            step, grus = made
+            step, cells = made
             session = ort.InferenceSession(step, _session_options(settings), providers=[_CPU])
             diff = self._step_graph_difference(session)
         except Exception as exc:  # any failure leaves the model on its own graph
@@ -186,18 +192,53 @@ class ModelRunner:
                 where, diff, _STEP_GRAPH_TOLERANCE,
             )  # fmt: skip
             return None
+        timed = ""
+        if settings.step_graph == "auto":
+            per_step = self._time_graphs(session)
+            timed = "µs per session-step, model -> step graph: " + ", ".join(
+                f"batch {b} {m * 1e6:.2f} -> {st * 1e6:.2f}" for b, (m, st) in per_step.items()
+            )
+            # From the smallest timed batch on which it is faster at every larger one.
+            start = None
+            for batch in sorted(per_step, reverse=True):
+                model_s, step_s = per_step[batch]
+                if step_s > _STEP_GRAPH_GAIN * model_s:
+                    break
+                start = batch
+            if start is None:
+                log.info("%s: the step graph is not faster here (%s); not used", self.label, timed)
+                return None
+            self._step_min_batch = start
         log.info(
-            "%s: one-step batches of %d+ sessions run a step graph (%d GRU nodes written out; "
-            "largest difference from the model %.2g)",
-            self.label, self._step_min_batch, grus, diff,
+            "%s: one-step batches of %d+ sessions run a step graph (%d %s written out; "
+            "largest difference from the model %.2g%s)",
+            self.label, self._step_min_batch, cells, "cell" if cells == 1 else "cells", diff,
+            f"; {timed}" if timed else "",
         )  # fmt: skip
         return session
 
-    def _step_graph_difference(self, step: ort.InferenceSession) -> float:
-        """Largest absolute difference between the model's and `step`'s outputs for one step of
-        a few sessions, from random inputs and states."""
-        rng = np.random.default_rng(0)
-        batch = 3
+    def _time_graphs(self, step: ort.InferenceSession) -> dict[int, tuple[float, float]]:
+        """Seconds per session-step of the model and of `step`, for one-step batches from
+        step_graph_min_batch up to 256 sessions: the fastest of several alternating runs, so
+        that a busy moment of the machine weighs on neither."""
+        out: dict[int, tuple[float, float]] = {}
+        low = self._step_min_batch
+        for batch in sorted({low, *(b for b in (64, 128, 256) if b > low)}):
+            feeds = self._random_feeds(batch, seed=batch)
+            best = [math.inf, math.inf]
+            for k in range(2 * _TIMING_RUNS):
+                session = self.session if k % 2 == 0 else step
+                t0 = time.perf_counter()
+                session.run(self._out_names, feeds)
+                elapsed = time.perf_counter() - t0
+                if k >= 2:  # the first run of each warms it up
+                    best[k % 2] = min(best[k % 2], elapsed)
+            out[batch] = (best[0] / batch, best[1] / batch)
+        return out
+
+    def _random_feeds(self, batch: int, seed: int) -> dict[str, np.ndarray]:
+        """One step of `batch` sessions: random inputs and float states, initial counters."""
+        rng = np.random.default_rng(seed)
         x = rng.standard_normal((batch, 1, self.input_features)).astype(np.float32)
         feeds: dict[str, np.ndarray] = {self.meta.input_name: x}
         for s in self.states:
@@ -205,6 +246,12 @@ class ModelRunner:
                 feeds[s.input_name] = rng.standard_normal((batch, *s.shape)).astype(np.float32)
             else:  # counters: the initial value
                 feeds[s.input_name] = s.initial(batch)
+        return feeds
+
+    def _step_graph_difference(self, step: ort.InferenceSession) -> float:
+        """Largest absolute difference between the model's and `step`'s outputs for one step of
+        a few sessions, from random inputs and states."""
+        feeds = self._random_feeds(3, seed=0)
         want = self.session.run(self._out_names, feeds)
         got = step.run(self._out_names, feeds)
         return max(

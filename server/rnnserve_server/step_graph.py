@@ -1,16 +1,18 @@
-"""A single-step copy of a model's graph: every ONNX `GRU` node written out as its cell equations
-(two Gemms, Sigmoid, Tanh and a few elementwise ops), valid only when the time axis is 1.
+"""A single-step copy of a model's graph: every ONNX `GRU` and `LSTM` node written out as its
+cell equations (two Gemms, Sigmoid, Tanh and a few elementwise ops), valid only when the time
+axis is 1.
 
 Why: streamed steps are almost always T=1 (ping-pong clients, frames of one step, forecasts),
 and for T=1 ONNX Runtime's CPU GRU kernel is the slow way to compute one cell: on the benchmark
 GRU (2 layers, hidden 128) it took 7.9 µs per session-step at batch 59 and 7.4 µs at batch 256,
-against 5.5 and 5.0 µs for the same cell as plain ops (docs/benchmarks.md). The rest of the
-graph is kept as it is, so inputs, outputs and state layout do not change.
+against 5.5 and 5.0 µs for the same cell as plain ops (docs/benchmarks.md); ORT's LSTM kernel
+is slow the same way. The rest of the graph is kept as it is, so inputs, outputs and state
+layout do not change.
 
 The copy is used only if it gives the original's outputs for T=1 (`ModelRunner` checks this on
 random inputs when it loads the model); anything this module does not know how to write out
-(another direction, clip, custom activations, sequence lengths, a GRU with no initial state)
-leaves the model without a step graph, never with a wrong one.
+(another direction, clip, custom activations, sequence lengths, coupled LSTM gates, a cell with
+no initial state) leaves the model without a step graph, never with a wrong one.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ import struct
 
 from rnnserve_proto import onnx_graph_pb2 as og
 
-_DEFAULT_ACTIVATIONS = [b"Sigmoid", b"Tanh"]
+# The default activations of each op, and the input slots of its sequence lengths and initial
+# states (ONNX operator specs).
+_DEFAULT_ACTIVATIONS = {"GRU": [b"Sigmoid", b"Tanh"], "LSTM": [b"Sigmoid", b"Tanh", b"Tanh"]}
+_SEQUENCE_LENS = 4
+_INITIAL_STATES = {"GRU": (5,), "LSTM": (5, 6)}
 AttributeValue = int | float | bytes | list[int] | list[float] | list[bytes]
 
 
@@ -55,8 +61,9 @@ def _int64s(name: str, values: list[int]) -> og.Tensor:
 
 
 def _writable(node: og.Node) -> bool:
-    """A GRU node this module can write out: forward, default activations, no clip, the time
-    axis first (layout 0), no sequence lengths, an initial state given."""
+    """A GRU or LSTM node this module can write out: forward, default activations, no clip,
+    the time axis first (layout 0), no sequence lengths, initial states given, and for an LSTM
+    separate input and forget gates."""
     try:
         attrs = _attributes(node)
     except ValueError:
@@ -65,14 +72,18 @@ def _writable(node: og.Node) -> bool:
         return False
     if attrs.get("layout", 0) != 0 or "activation_alpha" in attrs or "activation_beta" in attrs:
         return False
-    if attrs.get("activations", _DEFAULT_ACTIVATIONS) not in (_DEFAULT_ACTIVATIONS, []):
+    if attrs.get("activations", []) not in ([], _DEFAULT_ACTIVATIONS[node.op_type]):
         return False
-    inputs = list(node.input) + [""] * (6 - len(node.input))
-    return inputs[4] == "" and inputs[5] != "" and isinstance(attrs.get("hidden_size"), int)
+    if attrs.get("input_forget", 0) != 0:
+        return False
+    inputs = list(node.input) + [""] * (8 - len(node.input))
+    states = [inputs[i] for i in _INITIAL_STATES[node.op_type]]
+    return not inputs[_SEQUENCE_LENS] and all(states) and isinstance(attrs.get("hidden_size"), int)
 
 
 def _gru_cell(node: og.Node, k: int) -> tuple[list[og.Node], list[og.Tensor]]:
-    """The nodes (and constants) that compute `node`'s outputs for one time step."""
+    """The nodes (and constants) that compute a GRU node's outputs for one time step. Gates are
+    ordered z, r, h in W, R and B."""
     attrs = _attributes(node)
     hidden = attrs["hidden_size"]
     assert isinstance(hidden, int)  # _writable checked it
@@ -155,21 +166,107 @@ def _gru_cell(node: og.Node, k: int) -> tuple[list[og.Node], list[og.Tensor]]:
     return nodes, consts
 
 
+def _lstm_cell(node: og.Node, k: int) -> tuple[list[og.Node], list[og.Tensor]]:
+    """The nodes (and constants) that compute an LSTM node's outputs for one time step. Gates
+    are ordered i, o, f, c in W, R and B; peepholes P are p_i, p_o, p_f, and p_o sees the new
+    cell state."""
+    hidden = _attributes(node)["hidden_size"]
+    assert isinstance(hidden, int)  # _writable checked it
+    inputs = list(node.input) + [""] * (8 - len(node.input))
+    x, w, r, bias, _, h0_in, c0_in, peep = inputs[:8]
+    p = f"__step{k}_"
+
+    def n(name: str) -> str:
+        return p + name
+
+    consts = [
+        _int64s(n("axis0"), [0]),
+        _int64s(n("axes01"), [0, 1]),
+        _int64s(n("split4"), [hidden] * 4),
+    ]
+    nodes = [
+        _node("Squeeze", [x, n("axis0")], [n("x")]),  # [B, I]
+        _node("Squeeze", [h0_in, n("axis0")], [n("h0")]),  # [B, H]
+        _node("Squeeze", [c0_in, n("axis0")], [n("c0")]),  # [B, H]
+        _node("Squeeze", [w, n("axis0")], [n("w")]),  # [4H, I]
+        _node("Squeeze", [r, n("axis0")], [n("r")]),  # [4H, H]
+    ]
+    w_bias: list[str] = []
+    r_bias: list[str] = []
+    if bias:
+        consts.append(_int64s(n("split_b"), [4 * hidden] * 2))
+        nodes += [
+            _node("Squeeze", [bias, n("axis0")], [n("b")]),  # [8H]: Wb[iofc], Rb[iofc]
+            _node("Split", [n("b"), n("split_b")], [n("wb"), n("rb")], axis=0),
+        ]
+        w_bias, r_bias = [n("wb")], [n("rb")]
+    nodes += [
+        _node("Gemm", [n("x"), n("w"), *w_bias], [n("gx")], transB=1),  # [B, 4H]
+        _node("Gemm", [n("h0"), n("r"), *r_bias], [n("gh")], transB=1),
+        _node("Add", [n("gx"), n("gh")], [n("g")]),
+        _node("Split", [n("g"), n("split4")], [n("i_in"), n("o_in"), n("f_in"), n("c_in")], axis=1),
+    ]
+    i_in, o_in, f_in = n("i_in"), n("o_in"), n("f_in")
+    if peep:
+        consts.append(_int64s(n("split3"), [hidden] * 3))
+        nodes += [
+            _node("Squeeze", [peep, n("axis0")], [n("p")]),  # [3H]
+            _node("Split", [n("p"), n("split3")], [n("pi"), n("po"), n("pf")], axis=0),
+            _node("Mul", [n("pi"), n("c0")], [n("pi_c")]),
+            _node("Add", [i_in, n("pi_c")], [n("i_in_p")]),
+            _node("Mul", [n("pf"), n("c0")], [n("pf_c")]),
+            _node("Add", [f_in, n("pf_c")], [n("f_in_p")]),
+        ]
+        i_in, f_in = n("i_in_p"), n("f_in_p")
+    nodes += [
+        _node("Sigmoid", [i_in], [n("i")]),
+        _node("Sigmoid", [f_in], [n("f")]),
+        _node("Tanh", [n("c_in")], [n("c_cand")]),
+        # c = f * c0 + i * c~
+        _node("Mul", [n("f"), n("c0")], [n("fc")]),
+        _node("Mul", [n("i"), n("c_cand")], [n("ic")]),
+        _node("Add", [n("fc"), n("ic")], [n("c")]),
+    ]
+    if peep:
+        nodes += [
+            _node("Mul", [n("po"), n("c")], [n("po_c")]),
+            _node("Add", [o_in, n("po_c")], [n("o_in_p")]),
+        ]
+        o_in = n("o_in_p")
+    nodes += [
+        _node("Sigmoid", [o_in], [n("o")]),
+        _node("Tanh", [n("c")], [n("tanh_c")]),
+        _node("Mul", [n("o"), n("tanh_c")], [n("h")]),  # h = o * tanh(c)
+    ]
+    outputs = list(node.output) + [""] * (3 - len(node.output))
+    y, y_h, y_c = outputs[:3]
+    if y:  # [T=1, directions=1, B, H]
+        nodes.append(_node("Unsqueeze", [n("h"), n("axes01")], [y]))
+    if y_h:  # [directions=1, B, H]
+        nodes.append(_node("Unsqueeze", [n("h"), n("axis0")], [y_h]))
+    if y_c:
+        nodes.append(_node("Unsqueeze", [n("c"), n("axis0")], [y_c]))
+    return nodes, consts
+
+
+_CELLS = {"GRU": _gru_cell, "LSTM": _lstm_cell}
+
+
 def single_step_graph(model_bytes: bytes) -> tuple[bytes, int] | None:
-    """A serialised copy of the model for T=1 with its GRU nodes written out, and how many there
-    were; None when there is nothing to write out or a GRU node is of a kind this module leaves
-    alone."""
+    """A serialised copy of the model for T=1 with its GRU and LSTM nodes written out, and how
+    many there were; None when there is nothing to write out or one of them is of a kind this
+    module leaves alone."""
     model = og.Model.FromString(model_bytes)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    grus = [node for node in model.graph.node if node.op_type == "GRU" and not node.domain]
-    if opset < 13 or not grus or not all(_writable(g) for g in grus):
+    cells = [node for node in model.graph.node if node.op_type in _CELLS and not node.domain]
+    if opset < 13 or not cells or not all(_writable(c) for c in cells):
         return None  # Squeeze/Split take their axes and sizes as inputs from opset 13 on
     graph = model.graph
     nodes: list[og.Node] = []
     k = 0
     for node in graph.node:
-        if node.op_type == "GRU" and not node.domain:
-            cell, consts = _gru_cell(node, k)
+        if node.op_type in _CELLS and not node.domain:
+            cell, consts = _CELLS[node.op_type](node, k)
             nodes += cell
             graph.initializer.extend(consts)
             k += 1

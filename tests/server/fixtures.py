@@ -307,7 +307,14 @@ def service_settings(root: Path, **overrides: Any) -> Any:
 
     values: dict[str, Any] = {
         "model_repository": root,
-        "runtime": {"providers": ["cpu"], "intra_op_threads": 1, "run_workers": 2},
+        # step_graph on, not "auto": whether a timing at load favours it must not decide what
+        # the tests run (and the metric label they read).
+        "runtime": {
+            "providers": ["cpu"],
+            "intra_op_threads": 1,
+            "run_workers": 2,
+            "step_graph": True,
+        },
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(values.get(key), dict):

@@ -161,3 +161,15 @@ def test_worker_nice_auto_follows_the_usable_cores(monkeypatch: pytest.MonkeyPat
             ServerSettings.model_validate({"runtime": {"worker_nice": bad}})
     monkeypatch.setenv("RNNSERVE_RUNTIME__WORKER_NICE", "7")
     assert ServerSettings().runtime.worker_nice == 7
+
+
+def test_step_graph_setting_takes_auto_or_a_boolean(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ServerSettings().runtime.step_graph == "auto"
+    for text, value in (("false", False), ("true", True), ("auto", "auto"), ("0", False)):
+        monkeypatch.setenv("RNNSERVE_RUNTIME__STEP_GRAPH", text)
+        assert ServerSettings().runtime.step_graph == value, text
+    for bad in ("sometimes", 2):
+        with pytest.raises(ValidationError):
+            ServerSettings.model_validate({"runtime": {"step_graph": bad}})
+    with pytest.raises(ValidationError):
+        ServerSettings.model_validate({"runtime": {"step_graph_min_batch": 0}})

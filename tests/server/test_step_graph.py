@@ -1,10 +1,12 @@
-"""The step graph (runtime.step_graph): GRU nodes written out as cell equations for one time
-step give ONNX Runtime's GRU results, for every GRU model of the repository and for the GRU
-attributes the rewrite handles; kinds it does not handle get no step graph; the runner runs it
-only for one-step batches from `step_graph_min_batch` sessions."""
+"""The step graph (runtime.step_graph): GRU and LSTM nodes written out as cell equations for one
+time step give ONNX Runtime's results, for every such model of the repository and for the
+attributes the rewrite handles (linear_before_reset, biases, peepholes, stacked layers); kinds
+it does not handle get no step graph; the runner runs it only for one-step batches from
+`step_graph_min_batch` sessions."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from rnnserve_server.runtime import ModelRunner
 from rnnserve_server.step_graph import single_step_graph
 
 TOLERANCE = 1e-5
+CELLS = ("GRU", "LSTM")
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -51,10 +54,11 @@ def _assert_same_one_step(model: onnx.ModelProto, batches: tuple[int, ...] = (1,
     made = single_step_graph(model.SerializeToString())
     assert made is not None
     step = onnx.load_from_string(made[0])
+    onnx.checker.check_model(step)
     written = made[1]
-    grus = sum(1 for n in model.graph.node if n.op_type == "GRU")
-    assert written == grus > 0
-    assert not any(n.op_type == "GRU" for n in step.graph.node)
+    cells = sum(1 for n in model.graph.node if n.op_type in CELLS)
+    assert written == cells > 0
+    assert not any(n.op_type in CELLS for n in step.graph.node)
     original, rewritten = _session(model), _session(step)
     for batch in batches:
         feeds = _random_feeds(original, batch, seed=batch)
@@ -72,24 +76,23 @@ def _models(root: Path) -> list[tuple[str, Path]]:
     return sorted(found)
 
 
-def test_every_gru_model_of_the_repository_gets_an_exact_step_graph(repository: Path) -> None:
-    """Forward GRU graphs (the exporter's stacked layers, the fixture's single layer) are
-    rewritten and agree with the model; bidirectional, LSTM, RNN and Scan graphs are left
-    alone."""
+def test_every_gru_and_lstm_model_of_the_repository_gets_an_exact_step_graph(
+    repository: Path,
+) -> None:
+    """Forward GRU and LSTM graphs (the exporter's stacked layers and peephole LSTM, the
+    fixture's single GRU layer) are rewritten and agree with the model; bidirectional, RNN and
+    Scan graphs are left alone."""
     rewritten = []
     for label, path in _models(repository):
         model = onnx.load(str(path))
-        ops = {n.op_type for n in model.graph.node}
-        forward_grus = [
-            n for n in model.graph.node
-            if n.op_type == "GRU" and all(a.name != "direction" for a in n.attribute)
-        ]  # fmt: skip
-        if "GRU" in ops and len(forward_grus) == sum(n.op_type == "GRU" for n in model.graph.node):
+        cells = [n for n in model.graph.node if n.op_type in CELLS]
+        forward = all(all(a.name != "direction" for a in n.attribute) for n in cells)
+        if cells and forward:
             _assert_same_one_step(model)
             rewritten.append(label)
         else:
             assert single_step_graph(model.SerializeToString()) is None, label
-    assert rewritten, "no GRU model in the repository"
+    assert rewritten, "no GRU or LSTM model in the repository"
 
 
 def _gru_model(
@@ -119,10 +122,10 @@ def _gru_model(
             )
         )  # fmt: skip
         nodes.append(helper.make_node("Squeeze", [f"Y{k}", "dir_axis"], [f"x{k + 1}"]))
-        outputs.append(helper.make_tensor_value_info(f"Yh{k}", TensorProto.FLOAT, None))
+        outputs.append(helper.make_tensor_value_info(f"Yh{k}", TensorProto.FLOAT, [1, "B", H]))
         x, width = f"x{k + 1}", H
     inits.append(numpy_helper.from_array(np.array([1], np.int64), "dir_axis"))
-    outputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, None))
+    outputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, ["T", "B", H]))
     graph = helper.make_graph(nodes, "grus", inputs, outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
@@ -154,6 +157,74 @@ def test_a_gru_without_initial_state_gets_no_step_graph() -> None:
     assert single_step_graph(model.SerializeToString()) is None
 
 
+def _lstm_model(
+    layers: int = 1, bias: bool = True, peepholes: bool = False, **attrs: object
+) -> onnx.ModelProto:
+    """x [T, B, F] through `layers` LSTM layers, states h and c [1, B, H] per layer."""
+    rng = np.random.default_rng(layers * 10 + peepholes)
+    nodes, inits = [], []
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", F])]
+    outputs = []
+    x, width = "x", F
+    for k in range(layers):
+        W = rng.normal(0, 0.5, (1, 4 * H, width)).astype(np.float32)
+        R = rng.normal(0, 0.5, (1, 4 * H, H)).astype(np.float32)
+        inits += [numpy_helper.from_array(W, f"W{k}"), numpy_helper.from_array(R, f"R{k}")]
+        b = p = ""
+        if bias:
+            b = f"B{k}"
+            values = rng.normal(0, 0.3, (1, 8 * H)).astype(np.float32)
+            inits.append(numpy_helper.from_array(values, b))
+        if peepholes:
+            p = f"P{k}"
+            values = rng.normal(0, 0.5, (1, 3 * H)).astype(np.float32)
+            inits.append(numpy_helper.from_array(values, p))
+        for state in ("h", "c"):
+            inputs.append(
+                helper.make_tensor_value_info(f"{state}{k}", TensorProto.FLOAT, [1, "B", H])
+            )
+        nodes.append(
+            helper.make_node(
+                "LSTM", [x, f"W{k}", f"R{k}", b, "", f"h{k}", f"c{k}", p],
+                [f"Y{k}", f"Yh{k}", f"Yc{k}"], hidden_size=H, **attrs,
+            )
+        )  # fmt: skip
+        nodes.append(helper.make_node("Squeeze", [f"Y{k}", "dir_axis"], [f"x{k + 1}"]))
+        for out in (f"Yh{k}", f"Yc{k}"):
+            outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, "B", H]))
+        x, width = f"x{k + 1}", H
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "dir_axis"))
+    outputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, ["T", "B", H]))
+    graph = helper.make_graph(nodes, "lstms", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+@pytest.mark.parametrize("peepholes", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_lstm_cells_written_out_match_the_onnx_lstm(peepholes: bool, bias: bool) -> None:
+    assert _assert_same_one_step(_lstm_model(2, bias, peepholes), (1, 5, 40)) == 2
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"input_forget": 1},
+        {"direction": "reverse"},
+        {"clip": 3.0},
+        {"activations": ["Sigmoid", "Tanh", "Relu"]},
+    ],
+)
+def test_lstm_kinds_it_does_not_write_out_get_no_step_graph(attrs: dict[str, object]) -> None:
+    assert single_step_graph(_lstm_model(1, True, True, **attrs).SerializeToString()) is None
+
+
+def test_an_lstm_without_initial_cell_state_gets_no_step_graph() -> None:
+    model = _lstm_model(1)
+    lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
+    lstm.input[6] = ""
+    assert single_step_graph(model.SerializeToString()) is None
+
+
 @pytest.fixture(scope="module")
 def gru_version(tmp_path_factory: pytest.TempPathFactory) -> repository.ModelVersion:
     root = build_repository(tmp_path_factory.mktemp("step-graph-repo"))
@@ -167,7 +238,7 @@ def _runner(mv: repository.ModelVersion, **settings: object) -> ModelRunner:
 def test_runner_results_are_the_same_with_and_without_the_step_graph(
     gru_version: repository.ModelVersion,
 ) -> None:
-    with_step = _runner(gru_version, step_graph_min_batch=4)
+    with_step = _runner(gru_version, step_graph=True, step_graph_min_batch=4)
     without = _runner(gru_version, step_graph=False)
     assert with_step.step_graph
     assert not without.step_graph
@@ -186,7 +257,7 @@ def test_runner_uses_the_step_graph_only_for_one_step_batches_from_the_minimum(
 ) -> None:
     """White-box: the step session is swapped for a graph that answers zeros, which shows which
     runs go through it."""
-    runner = _runner(gru_version, step_graph_min_batch=4)
+    runner = _runner(gru_version, step_graph=True, step_graph_min_batch=4)
     zeros = helper.make_graph(
         [
             helper.make_node("Mul", ["x", "zero"], ["y"]),
@@ -218,6 +289,24 @@ def test_runner_uses_the_step_graph_only_for_one_step_batches_from_the_minimum(
     assert through_step_graph(30, 1)
     assert not through_step_graph(3, 1)  # below the minimum batch
     assert not through_step_graph(8, 2)  # a chunk of two steps needs the whole graph
+
+
+def test_auto_times_both_graphs_at_load_and_says_what_it_chose(
+    gru_version: repository.ModelVersion, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="rnnserve.runtime")
+    runner = _runner(gru_version, step_graph="auto", step_graph_min_batch=8)
+    said = [r.getMessage() for r in caplog.records if "step graph" in r.getMessage()]
+    assert len(said) == 1, said
+    for batch in (8, 64, 128, 256):  # timed from step_graph_min_batch up
+        assert f"batch {batch} " in said[0]
+    assert "µs per session-step" in said[0]
+    if runner.step_graph:  # from the smallest timed batch on which it stays faster
+        chosen = runner._step_min_batch
+        assert chosen in (8, 64, 128, 256)
+        assert f"one-step batches of {chosen}+ sessions run a step graph" in said[0]
+    else:
+        assert "is not faster here" in said[0]
 
 
 def test_no_step_graph_when_switched_off_or_the_model_has_no_gru(tmp_path: Path) -> None:
