@@ -278,7 +278,8 @@ def render(
 ) -> str:
     lines = [header, ""]
     if rows:
-        lines += _rounds_tables(rows, fl)
+        decided = {f.name for f in side_fl or [] if f.passed is not None}
+        lines += _rounds_tables(rows, fl, decided)
     if sbs is not None:
         lines += ["", *side_by_side.render(sbs), ""]
         lines += [
@@ -309,8 +310,9 @@ def _verdict(f: Floor) -> str:
     return "n/a" if f.passed is None else ("PASS" if f.passed else "FAIL")
 
 
-def _rounds_tables(rows: list[Summary], fl: list[Floor]) -> list[str]:
-    """The rounds' table (medians over rounds) and their floors."""
+def _rounds_tables(rows: list[Summary], fl: list[Floor], decided: set[str]) -> list[str]:
+    """The rounds' table (medians over rounds) and their floors; those in `decided` got their
+    verdict from the side-by-side run, and the rounds' ratios are shown for comparison only."""
     lines = [
         "| system | load | sessions | streams | client procs | steps/s | steps/s range | p50 ms "
         "| p99 ms | server CPU % | client CPU % | errors | notes |",
@@ -330,9 +332,9 @@ def _rounds_tables(rows: list[Summary], fl: list[Floor]) -> list[str]:
     ]
     for f in fl:
         per_round = ", ".join(_fmt(x, ".2f") for x in f.per_round) or "–"
+        verdict = "see side by side" if f.name in decided else _verdict(f)
         lines.append(
-            f"| {f.name} | {_fmt(f.measured, '.2f')}× | {f.required} | {_verdict(f)} | "
-            f"{per_round} |"
+            f"| {f.name} | {_fmt(f.measured, '.2f')}× | {f.required} | {verdict} | {per_round} |"
         )
     return lines
 
