@@ -95,45 +95,53 @@ def test_every_gru_and_lstm_model_of_the_repository_gets_an_exact_step_graph(
     assert rewritten, "no GRU or LSTM model in the repository"
 
 
-def _gru_model(
-    layers: int = 1, bias: bool = True, before_reset: int = 0, **attrs: object
+def _cell_model(
+    op: str, layers: int = 1, bias: bool = True, peepholes: bool = False, **attrs: object
 ) -> onnx.ModelProto:
-    """x [T, B, F] through `layers` GRU layers (time-major, as the ONNX op takes it)."""
-    rng = np.random.default_rng(layers * 10 + before_reset)
+    """x [T, B, F] through `layers` GRU or LSTM layers (time-major, as the ONNX ops take it),
+    each with its initial states (h; h and c) as inputs and its final ones as outputs."""
+    gates, states = (3, ("h",)) if op == "GRU" else (4, ("h", "c"))
+    rng = np.random.default_rng(layers * 10 + peepholes + len(attrs))
     nodes, inits = [], []
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", F])]
     outputs = []
     x, width = "x", F
+
+    def weights(name: str, shape: tuple[int, ...], scale: float) -> str:
+        inits.append(numpy_helper.from_array(rng.normal(0, scale, shape).astype(np.float32), name))
+        return name
+
     for k in range(layers):
-        W = rng.normal(0, 0.5, (1, 3 * H, width)).astype(np.float32)
-        R = rng.normal(0, 0.5, (1, 3 * H, H)).astype(np.float32)
-        inits += [numpy_helper.from_array(W, f"W{k}"), numpy_helper.from_array(R, f"R{k}")]
-        b = ""
-        if bias:
-            b = f"B{k}"
-            inits.append(
-                numpy_helper.from_array(rng.normal(0, 0.3, (1, 6 * H)).astype(np.float32), b)
+        w = weights(f"W{k}", (1, gates * H, width), 0.5)
+        r = weights(f"R{k}", (1, gates * H, H), 0.5)
+        b = weights(f"B{k}", (1, 2 * gates * H), 0.3) if bias else ""
+        cell_inputs = [x, w, r, b, "", *(f"{st}{k}" for st in states)]
+        if peepholes:
+            cell_inputs.append(weights(f"P{k}", (1, 3 * H), 0.5))
+        for st in states:
+            inputs.append(helper.make_tensor_value_info(f"{st}{k}", TensorProto.FLOAT, [1, "B", H]))
+            outputs.append(
+                helper.make_tensor_value_info(f"Y{st}{k}", TensorProto.FLOAT, [1, "B", H])
             )
-        inputs.append(helper.make_tensor_value_info(f"h{k}", TensorProto.FLOAT, [1, "B", H]))
-        nodes.append(
-            helper.make_node(
-                "GRU", [x, f"W{k}", f"R{k}", b, "", f"h{k}"], [f"Y{k}", f"Yh{k}"],
-                hidden_size=H, linear_before_reset=before_reset, **attrs,
-            )
-        )  # fmt: skip
+        cell_outputs = [f"Y{k}", *(f"Y{st}{k}" for st in states)]
+        nodes.append(helper.make_node(op, cell_inputs, cell_outputs, hidden_size=H, **attrs))
         nodes.append(helper.make_node("Squeeze", [f"Y{k}", "dir_axis"], [f"x{k + 1}"]))
-        outputs.append(helper.make_tensor_value_info(f"Yh{k}", TensorProto.FLOAT, [1, "B", H]))
         x, width = f"x{k + 1}", H
     inits.append(numpy_helper.from_array(np.array([1], np.int64), "dir_axis"))
     outputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, ["T", "B", H]))
-    graph = helper.make_graph(nodes, "grus", inputs, outputs, inits)
+    graph = helper.make_graph(nodes, op.lower(), inputs, outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
 @pytest.mark.parametrize("before_reset", [0, 1])
 @pytest.mark.parametrize("bias", [True, False])
 def test_gru_cells_written_out_match_the_onnx_gru(before_reset: int, bias: bool) -> None:
-    assert _assert_same_one_step(_gru_model(2, bias, before_reset), (1, 5, 40)) == 2
+    assert (
+        _assert_same_one_step(
+            _cell_model("GRU", 2, bias, linear_before_reset=before_reset), (1, 5, 40)
+        )
+        == 2
+    )
 
 
 @pytest.mark.parametrize(
@@ -147,62 +155,20 @@ def test_gru_cells_written_out_match_the_onnx_gru(before_reset: int, bias: bool)
     ],
 )
 def test_gru_kinds_it_does_not_write_out_get_no_step_graph(attrs: dict[str, object]) -> None:
-    assert single_step_graph(_gru_model(1, True, 0, **attrs).SerializeToString()) is None
+    assert single_step_graph(_cell_model("GRU", **attrs).SerializeToString()) is None
 
 
 def test_a_gru_without_initial_state_gets_no_step_graph() -> None:
-    model = _gru_model(1)
+    model = _cell_model("GRU")
     gru = next(n for n in model.graph.node if n.op_type == "GRU")
     del gru.input[5]
     assert single_step_graph(model.SerializeToString()) is None
 
 
-def _lstm_model(
-    layers: int = 1, bias: bool = True, peepholes: bool = False, **attrs: object
-) -> onnx.ModelProto:
-    """x [T, B, F] through `layers` LSTM layers, states h and c [1, B, H] per layer."""
-    rng = np.random.default_rng(layers * 10 + peepholes)
-    nodes, inits = [], []
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", F])]
-    outputs = []
-    x, width = "x", F
-    for k in range(layers):
-        W = rng.normal(0, 0.5, (1, 4 * H, width)).astype(np.float32)
-        R = rng.normal(0, 0.5, (1, 4 * H, H)).astype(np.float32)
-        inits += [numpy_helper.from_array(W, f"W{k}"), numpy_helper.from_array(R, f"R{k}")]
-        b = p = ""
-        if bias:
-            b = f"B{k}"
-            values = rng.normal(0, 0.3, (1, 8 * H)).astype(np.float32)
-            inits.append(numpy_helper.from_array(values, b))
-        if peepholes:
-            p = f"P{k}"
-            values = rng.normal(0, 0.5, (1, 3 * H)).astype(np.float32)
-            inits.append(numpy_helper.from_array(values, p))
-        for state in ("h", "c"):
-            inputs.append(
-                helper.make_tensor_value_info(f"{state}{k}", TensorProto.FLOAT, [1, "B", H])
-            )
-        nodes.append(
-            helper.make_node(
-                "LSTM", [x, f"W{k}", f"R{k}", b, "", f"h{k}", f"c{k}", p],
-                [f"Y{k}", f"Yh{k}", f"Yc{k}"], hidden_size=H, **attrs,
-            )
-        )  # fmt: skip
-        nodes.append(helper.make_node("Squeeze", [f"Y{k}", "dir_axis"], [f"x{k + 1}"]))
-        for out in (f"Yh{k}", f"Yc{k}"):
-            outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, "B", H]))
-        x, width = f"x{k + 1}", H
-    inits.append(numpy_helper.from_array(np.array([1], np.int64), "dir_axis"))
-    outputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, ["T", "B", H]))
-    graph = helper.make_graph(nodes, "lstms", inputs, outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-
-
 @pytest.mark.parametrize("peepholes", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
 def test_lstm_cells_written_out_match_the_onnx_lstm(peepholes: bool, bias: bool) -> None:
-    assert _assert_same_one_step(_lstm_model(2, bias, peepholes), (1, 5, 40)) == 2
+    assert _assert_same_one_step(_cell_model("LSTM", 2, bias, peepholes), (1, 5, 40)) == 2
 
 
 @pytest.mark.parametrize(
@@ -215,11 +181,13 @@ def test_lstm_cells_written_out_match_the_onnx_lstm(peepholes: bool, bias: bool)
     ],
 )
 def test_lstm_kinds_it_does_not_write_out_get_no_step_graph(attrs: dict[str, object]) -> None:
-    assert single_step_graph(_lstm_model(1, True, True, **attrs).SerializeToString()) is None
+    assert (
+        single_step_graph(_cell_model("LSTM", peepholes=True, **attrs).SerializeToString()) is None
+    )
 
 
 def test_an_lstm_without_initial_cell_state_gets_no_step_graph() -> None:
-    model = _lstm_model(1)
+    model = _cell_model("LSTM")
     lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
     lstm.input[6] = ""
     assert single_step_graph(model.SerializeToString()) is None
