@@ -43,13 +43,14 @@ class RuntimeSettings(BaseModel):
     )
     step_graph: bool | Literal["auto"] = Field(
         "auto",
-        description="On CPU, run one-step batches (T=1) of models with ONNX GRU or LSTM nodes "
+        description="On CPU, run one-step batches (T=1) of models with ONNX RNN, GRU or LSTM nodes "
         "through a copy of the graph with each of them written out as its cell equations, used "
         "only after it gave the original's outputs at load. 'auto': only where it is also faster, "
         "timed at load from step_graph_min_batch to 256 sessions, from the smallest batch on "
         "which it stays faster (on the 2-core VM: GRUs yes, -24% ORT time per session-step at "
-        "batch 59 and 256 for the hidden-128 benchmark GRU, from 128 sessions for the small "
-        "shipped GRUs; LSTMs mostly no, ORT's LSTM kernel is as fast); true: from "
+        "batch 59 and 256 for the hidden-128 benchmark GRU, from 64 sessions for the small "
+        "shipped GRUs; Elman RNNs yes, ORT's RNN kernel is 3-4x slower from 32 sessions; LSTMs "
+        "mostly no, ORT's LSTM kernel is as fast); true: from "
         "step_graph_min_batch wherever it is exact; false: never.",
     )
     step_graph_min_batch: int = Field(

@@ -168,11 +168,11 @@ class ModelRunner:
 
     @property
     def step_graph(self) -> bool:
-        """One-step batches run a copy of the graph with its GRU/LSTM nodes written out."""
+        """One-step batches run a copy of the graph with its RNN/GRU/LSTM nodes written out."""
         return self._step_session is not None
 
     def _load_step_graph(self, settings: RuntimeSettings) -> ort.InferenceSession | None:
-        """The step graph's session, if the model has GRU or LSTM nodes it can write out, the
+        """The step graph's session, if the model has RNN, GRU or LSTM nodes it can write out, the
         copy gives the original's outputs for one step (checked here on random inputs) and,
         with step_graph 'auto', it is faster (timed here); else None."""
         where = str(self.model.onnx_path)

@@ -1,13 +1,14 @@
-"""A single-step copy of a model's graph: every ONNX `GRU` and `LSTM` node written out as its
-cell equations (two Gemms, Sigmoid, Tanh and a few elementwise ops), valid only when the time
-axis is 1.
+"""A single-step copy of a model's graph: every ONNX `RNN`, `GRU` and `LSTM` node written out as
+its cell equations (two Gemms, Sigmoid, Tanh and a few elementwise ops), valid only when the
+time axis is 1.
 
 Why: streamed steps are almost always T=1 (ping-pong clients, frames of one step, forecasts),
 and for T=1 ONNX Runtime's CPU GRU kernel is the slow way to compute one cell: on the benchmark
 GRU (2 layers, hidden 128) it took 7.9 µs per session-step at batch 59 and 7.4 µs at batch 256,
-against 5.5 and 5.0 µs for the same cell as plain ops (docs/benchmarks.md); ORT's LSTM kernel
-is slow the same way. The rest of the graph is kept as it is, so inputs, outputs and state
-layout do not change.
+against 5.5 and 5.0 µs for the same cell as plain ops, and its RNN kernel is 3-4x slower than
+the plain ops from 32 sessions on (docs/benchmarks.md); its LSTM kernel is not, which is why the
+runner times both graphs before it uses the copy. The rest of the graph is kept as it is, so
+inputs, outputs and state layout do not change.
 
 The copy is used only if it gives the original's outputs for T=1 (`ModelRunner` checks this on
 random inputs when it loads the model); anything this module does not know how to write out
@@ -23,9 +24,13 @@ from rnnserve_proto import onnx_graph_pb2 as og
 
 # The default activations of each op, and the input slots of its sequence lengths and initial
 # states (ONNX operator specs).
-_DEFAULT_ACTIVATIONS = {"GRU": [b"Sigmoid", b"Tanh"], "LSTM": [b"Sigmoid", b"Tanh", b"Tanh"]}
+_DEFAULT_ACTIVATIONS = {
+    "RNN": [b"Tanh"],
+    "GRU": [b"Sigmoid", b"Tanh"],
+    "LSTM": [b"Sigmoid", b"Tanh", b"Tanh"],
+}
 _SEQUENCE_LENS = 4
-_INITIAL_STATES = {"GRU": (5,), "LSTM": (5, 6)}
+_INITIAL_STATES = {"RNN": (5,), "GRU": (5,), "LSTM": (5, 6)}
 AttributeValue = int | float | bytes | list[int] | list[float] | list[bytes]
 
 
@@ -61,7 +66,7 @@ def _int64s(name: str, values: list[int]) -> og.Tensor:
 
 
 def _writable(node: og.Node) -> bool:
-    """A GRU or LSTM node this module can write out: forward, default activations, no clip,
+    """An RNN, GRU or LSTM node this module can write out: forward, default activations, no clip,
     the time axis first (layout 0), no sequence lengths, initial states given, and for an LSTM
     separate input and forget gates."""
     try:
@@ -249,12 +254,54 @@ def _lstm_cell(node: og.Node, k: int) -> tuple[list[og.Node], list[og.Tensor]]:
     return nodes, consts
 
 
-_CELLS = {"GRU": _gru_cell, "LSTM": _lstm_cell}
+def _rnn_cell(node: og.Node, k: int) -> tuple[list[og.Node], list[og.Tensor]]:
+    """The nodes (and constants) that compute an RNN (Elman) node's outputs for one time step:
+    h = tanh(W x + Wb + R h0 + Rb)."""
+    hidden = _attributes(node)["hidden_size"]
+    assert isinstance(hidden, int)  # _writable checked it
+    inputs = list(node.input) + [""] * (6 - len(node.input))
+    x, w, r, bias, _, h0_in = inputs[:6]
+    p = f"__step{k}_"
+
+    def n(name: str) -> str:
+        return p + name
+
+    consts = [_int64s(n("axis0"), [0]), _int64s(n("axes01"), [0, 1])]
+    nodes = [
+        _node("Squeeze", [x, n("axis0")], [n("x")]),  # [B, I]
+        _node("Squeeze", [h0_in, n("axis0")], [n("h0")]),  # [B, H]
+        _node("Squeeze", [w, n("axis0")], [n("w")]),  # [H, I]
+        _node("Squeeze", [r, n("axis0")], [n("r")]),  # [H, H]
+    ]
+    w_bias: list[str] = []
+    r_bias: list[str] = []
+    if bias:
+        consts.append(_int64s(n("split_b"), [hidden] * 2))
+        nodes += [
+            _node("Squeeze", [bias, n("axis0")], [n("b")]),  # [2H]: Wb, Rb
+            _node("Split", [n("b"), n("split_b")], [n("wb"), n("rb")], axis=0),
+        ]
+        w_bias, r_bias = [n("wb")], [n("rb")]
+    nodes += [
+        _node("Gemm", [n("x"), n("w"), *w_bias], [n("gx")], transB=1),
+        _node("Gemm", [n("h0"), n("r"), *r_bias], [n("gh")], transB=1),
+        _node("Add", [n("gx"), n("gh")], [n("h_in")]),
+        _node("Tanh", [n("h_in")], [n("h")]),
+    ]
+    outputs = list(node.output) + [""] * (2 - len(node.output))
+    if outputs[0]:  # [T=1, directions=1, B, H]
+        nodes.append(_node("Unsqueeze", [n("h"), n("axes01")], [outputs[0]]))
+    if outputs[1]:  # [directions=1, B, H]
+        nodes.append(_node("Unsqueeze", [n("h"), n("axis0")], [outputs[1]]))
+    return nodes, consts
+
+
+_CELLS = {"RNN": _rnn_cell, "GRU": _gru_cell, "LSTM": _lstm_cell}
 
 
 def single_step_graph(model_bytes: bytes) -> tuple[bytes, int] | None:
-    """A serialised copy of the model for T=1 with its GRU and LSTM nodes written out, and how
-    many there were; None when there is nothing to write out or one of them is of a kind this
+    """A serialised copy of the model for T=1 with its RNN, GRU and LSTM nodes written out, and
+    how many there were; None when there is nothing to write out or one of them is of a kind this
     module leaves alone."""
     model = og.Model.FromString(model_bytes)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

@@ -158,7 +158,7 @@ def test_server_info_says_which_hot_path_runs(server: ServerProcess) -> None:
 def test_model_info_says_which_models_run_a_step_graph(
     server: ServerProcess, repository: Path
 ) -> None:
-    """runtime.step_graph is 'auto' by default: on CPU, models made of forward GRU or LSTM
+    """runtime.step_graph is 'auto' by default: on CPU, models made of forward RNN, GRU or LSTM
     layers run one-step batches through a step graph where it timed faster at load; the metric
     labels every model, and only such models can say true."""
     seen = {}
@@ -170,7 +170,7 @@ def test_model_info_says_which_models_run_a_step_graph(
     for name, versions in scan(repository, None).items():
         for version, mv in versions.items():
             graph = onnx.load(str(mv.onnx_path)).graph
-            cells = [n for n in graph.node if n.op_type in ("GRU", "LSTM")]
+            cells = [n for n in graph.node if n.op_type in ("RNN", "GRU", "LSTM")]
             if cells and all(all(a.name != "direction" for a in n.attribute) for n in cells):
                 writable.add((name, version))
     assert set(seen) == {(n, v) for n, vs in scan(repository, None).items() for v in vs}

@@ -1,5 +1,5 @@
-"""The step graph (runtime.step_graph): GRU and LSTM nodes written out as cell equations for one
-time step give ONNX Runtime's results, for every such model of the repository and for the
+"""The step graph (runtime.step_graph): RNN, GRU and LSTM nodes written out as cell equations for
+one time step give ONNX Runtime's results, for every such model of the repository and for the
 attributes the rewrite handles (linear_before_reset, biases, peepholes, stacked layers); kinds
 it does not handle get no step graph; the runner runs it only for one-step batches from
 `step_graph_min_batch` sessions."""
@@ -22,7 +22,7 @@ from rnnserve_server.runtime import ModelRunner
 from rnnserve_server.step_graph import single_step_graph
 
 TOLERANCE = 1e-5
-CELLS = ("GRU", "LSTM")
+CELLS = ("RNN", "GRU", "LSTM")
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -76,12 +76,12 @@ def _models(root: Path) -> list[tuple[str, Path]]:
     return sorted(found)
 
 
-def test_every_gru_and_lstm_model_of_the_repository_gets_an_exact_step_graph(
+def test_every_recurrent_op_model_of_the_repository_gets_an_exact_step_graph(
     repository: Path,
 ) -> None:
-    """Forward GRU and LSTM graphs (the exporter's stacked layers and peephole LSTM, the
-    fixture's single GRU layer) are rewritten and agree with the model; bidirectional, RNN and
-    Scan graphs are left alone."""
+    """Forward RNN, GRU and LSTM graphs (the exporter's stacked layers and peephole LSTM, the
+    fixture's single GRU layer) are rewritten and agree with the model; bidirectional and Scan
+    graphs are left alone."""
     rewritten = []
     for label, path in _models(repository):
         model = onnx.load(str(path))
@@ -92,15 +92,15 @@ def test_every_gru_and_lstm_model_of_the_repository_gets_an_exact_step_graph(
             rewritten.append(label)
         else:
             assert single_step_graph(model.SerializeToString()) is None, label
-    assert rewritten, "no GRU or LSTM model in the repository"
+    assert rewritten, "no RNN, GRU or LSTM model in the repository"
 
 
 def _cell_model(
     op: str, layers: int = 1, bias: bool = True, peepholes: bool = False, **attrs: object
 ) -> onnx.ModelProto:
-    """x [T, B, F] through `layers` GRU or LSTM layers (time-major, as the ONNX ops take it),
-    each with its initial states (h; h and c) as inputs and its final ones as outputs."""
-    gates, states = (3, ("h",)) if op == "GRU" else (4, ("h", "c"))
+    """x [T, B, F] through `layers` RNN, GRU or LSTM layers (time-major, as the ONNX ops take
+    them), each with its initial states (h; h and c) as inputs and its final ones as outputs."""
+    gates, states = {"RNN": (1, ("h",)), "GRU": (3, ("h",)), "LSTM": (4, ("h", "c"))}[op]
     rng = np.random.default_rng(layers * 10 + peepholes + len(attrs))
     nodes, inits = [], []
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", F])]
@@ -163,6 +163,16 @@ def test_a_gru_without_initial_state_gets_no_step_graph() -> None:
     gru = next(n for n in model.graph.node if n.op_type == "GRU")
     del gru.input[5]
     assert single_step_graph(model.SerializeToString()) is None
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_elman_cells_written_out_match_the_onnx_rnn(bias: bool) -> None:
+    assert _assert_same_one_step(_cell_model("RNN", 2, bias), (1, 5, 40)) == 2
+
+
+@pytest.mark.parametrize("attrs", [{"activations": ["Relu"]}, {"direction": "reverse"}])
+def test_rnn_kinds_it_does_not_write_out_get_no_step_graph(attrs: dict[str, object]) -> None:
+    assert single_step_graph(_cell_model("RNN", **attrs).SerializeToString()) is None
 
 
 @pytest.mark.parametrize("peepholes", [False, True])
