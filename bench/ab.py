@@ -12,6 +12,10 @@ A variant is `echo` (bench/echo_server.py) or `NAME[:ENV=VALUE,...][@CHECKOUT]`:
 with that environment, running the server code of another checkout when one is given (its
 server/, proto/ and client/ go first on PYTHONPATH, so its generated protobuf modules must exist).
 The first variant is the baseline of every ratio.
+
+`--side-by-side CYCLES` runs every variant at once instead and gives each one-second turns of the
+same load (bench/alternate.py), CYCLES times: ratios a second apart rather than a minute, which
+is what the serving benchmark's ping-pong floors use (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from bench.loadgen import LoadResult, LoadSpec, run_load
 from bench.model import BenchModel, add_model_source_argument, describe, ensure_model, load_model
 from bench.servers import ServerProcess, python_module, rnnserve_command, wait_model_ready
 from bench.serverutil import add_loop_argument, resolve_loop
+from bench.side_by_side import ServerSpec
+from bench.side_by_side import measure as measure_side_by_side
+from bench.side_by_side import render as render_side_by_side
 
 
 @dataclass(frozen=True)
@@ -64,14 +71,34 @@ def parse_variant(text: str) -> Variant:
     return Variant(text, name, env)
 
 
+def command(variant: Variant, model: BenchModel, loop_name: str) -> list[str]:
+    if variant.echo:
+        return python_module("bench.echo_server", "--port", "0", "--loop", loop_name)
+    return rnnserve_command(model.repository, False, event_loop=loop_name)
+
+
+def side_by_side(
+    variants: list[Variant], model: BenchModel, args: argparse.Namespace, work: Path
+) -> int:
+    """Every variant at once, taking turns (`--side-by-side`): print the table, return the exit
+    status. Variants are named by position there (labels may hold '='); a legend maps them."""
+    names = [f"{i + 1}:{'echo' if v.echo else 'rnnserve'}" for i, v in enumerate(variants)]
+    servers = {
+        name: ServerSpec(command(v, model, args.loop_name), v.env or None)
+        for name, v in zip(names, variants, strict=True)
+    }
+    sbs = measure_side_by_side(servers, model, work, args.sessions, args.side_by_side, args.turn)
+    print("\n".join(render_side_by_side(sbs, baseline=names[0])))
+    print("\n" + "\n".join(f"- {n}: {v.label}" for n, v in zip(names, variants, strict=True)))
+    bad = sbs.error or any(s["errors"] for s in sbs.systems.values())
+    return 1 if bad else 0
+
+
 def measure(
     variant: Variant, model: BenchModel, args: argparse.Namespace, log_path: Path, prefix: str
 ) -> LoadResult:
     """One fresh server process of `variant` under the ping-pong load; stops it."""
-    if variant.echo:
-        cmd = python_module("bench.echo_server", "--port", "0", "--loop", args.loop_name)
-    else:
-        cmd = rnnserve_command(model.repository, False, event_loop=args.loop_name)
+    cmd = command(variant, model, args.loop_name)
     server = ServerProcess(variant.name, cmd, log_path, variant.env)
     try:
         server.wait_port()
@@ -134,6 +161,15 @@ def main(argv: list[str] | None = None) -> int:
         help="rnnserve's protocol: native Stream steps, or the KServe stream (echo: native)",
     )
     p.add_argument("--rounds", type=int, default=6, help="rounds (every variant once each)")
+    p.add_argument(
+        "--side-by-side",
+        type=int,
+        default=0,
+        metavar="CYCLES",
+        help="run every variant at once and alternate one-second turns, CYCLES times, instead "
+        "of rounds (native Stream only)",
+    )
+    p.add_argument("--turn", type=float, default=1.0, help="--side-by-side: seconds per turn")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each")
     p.add_argument("--clients", type=int, default=1, help="load generator processes")
@@ -146,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     variants: list[Variant] = args.variants
     if len({v.label for v in variants}) != len(variants):
         p.error("variants must differ")
+    if args.side_by_side and args.mode != "step":
+        p.error("--side-by-side drives the native Stream only")
     work = Path(tempfile.mkdtemp(prefix="rnnserve-ab-"))
     results: dict[str, list[LoadResult]] = {v.label: [] for v in variants}
     try:
@@ -153,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
             model = load_model(Path(args.model_repository), args.model)
         else:
             model = ensure_model(work / "repository", args.model_source, args.model)
+        if args.side_by_side:
+            print(
+                f"`python -m bench.ab {' '.join(argv if argv is not None else sys.argv[1:])}`  \n"
+                f"model: {describe(model)}; event loop {args.loop_name}\n"
+            )
+            return side_by_side(variants, model, args, work)
         run_id = f"ab{int(time.time()) % 100000}"
         for k in range(args.rounds):
             for i, v in enumerate(variants if k % 2 == 0 else variants[::-1]):

@@ -156,6 +156,31 @@ def test_ab_rounds_compare_variants_within_each_round() -> None:
     assert order == ["echo", variant, variant, "echo"]
 
 
+@pytest.mark.timeout(120)
+def test_ab_side_by_side_runs_the_variants_at_once() -> None:
+    variant = "workers:RNNSERVE_BATCHER__INLINE_MAX_STEPS=0"
+    proc = run_module(
+        "bench.ab",
+        "--side-by-side", "2",
+        "--turn", "0.3",
+        "--sessions", "3",
+        "--model-source", "fallback",
+        "echo",
+        variant,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {
+        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+        for line in proc.stdout.splitlines()
+        if line.startswith("| 1:") or line.startswith("| 2:")
+    }
+    assert set(rows) == {"1:echo", "2:rnnserve"}
+    assert rows["1:echo"][4].startswith("1.000")  # the baseline against itself
+    assert float(rows["2:rnnserve"][0].replace(",", "")) > 0
+    assert rows["2:rnnserve"][-1] == "0"  # no errors
+    assert f"- 2:rnnserve: {variant}" in proc.stdout  # the legend names the variant
+
+
 def test_ab_rejects_malformed_variants() -> None:
     from bench.ab import parse_variant
 
