@@ -19,6 +19,7 @@ no initial state) leaves the model without a step graph, never with a wrong one.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from rnnserve_proto import onnx_graph_pb2 as og
 
@@ -86,6 +87,43 @@ def _writable(node: og.Node) -> bool:
     return not inputs[_SEQUENCE_LENS] and all(states) and isinstance(attrs.get("hidden_size"), int)
 
 
+def _namer(k: int) -> Callable[[str], str]:
+    """Names unique to the k-th cell written out."""
+    return lambda name: f"__step{k}_{name}"
+
+
+def _prologue(
+    node: og.Node, n: Callable[[str], str], gates: int, hidden: int
+) -> tuple[list[og.Node], list[og.Tensor], list[str], list[str]]:
+    """What every cell starts with: the time, direction and weight axes squeezed away (x [B, I],
+    h0 and for an LSTM c0 [B, H], w [gates*H, I], r [gates*H, H]) and the bias split into its W
+    and R halves. Returns the nodes, the constants, and the bias input of the Gemm on x and of
+    the one on h0 (empty without a bias)."""
+    inputs = list(node.input) + [""] * (8 - len(node.input))
+    consts = [_int64s(n("axis0"), [0]), _int64s(n("axes01"), [0, 1])]
+    squeezed = {"x": inputs[0], "w": inputs[1], "r": inputs[2], "h0": inputs[5]}
+    if node.op_type == "LSTM":
+        squeezed["c0"] = inputs[6]
+    nodes = [_node("Squeeze", [src, n("axis0")], [n(dst)]) for dst, src in squeezed.items()]
+    bias = inputs[3]
+    if not bias:
+        return nodes, consts, [], []
+    consts.append(_int64s(n("split_b"), [gates * hidden] * 2))
+    nodes += [
+        _node("Squeeze", [bias, n("axis0")], [n("b")]),  # [2 * gates * H]: Wb, then Rb
+        _node("Split", [n("b"), n("split_b")], [n("wb"), n("rb")], axis=0),
+    ]
+    return nodes, consts, [n("wb")], [n("rb")]
+
+
+def _epilogue(node: og.Node, n: Callable[[str], str]) -> list[og.Node]:
+    """The node's outputs from the new states h (and c): Y [T=1, directions=1, B, H], Y_h and
+    for an LSTM Y_c [directions=1, B, H]; an output the graph does not use has no name."""
+    outputs = list(node.output) + [""] * (3 - len(node.output))
+    made = [(outputs[0], "h", "axes01"), (outputs[1], "h", "axis0"), (outputs[2], "c", "axis0")]
+    return [_node("Unsqueeze", [n(state), n(axes)], [out]) for out, state, axes in made if out]
+
+
 def _gru_cell(node: og.Node, k: int) -> tuple[list[og.Node], list[og.Tensor]]:
     """The nodes (and constants) that compute a GRU node's outputs for one time step. Gates are
     ordered z, r, h in W, R and B."""
@@ -93,35 +131,12 @@ def _gru_cell(node: og.Node, k: int) -> tuple[list[og.Node], list[og.Tensor]]:
     hidden = attrs["hidden_size"]
     assert isinstance(hidden, int)  # _writable checked it
     before_reset = attrs.get("linear_before_reset", 0) != 0
-    x, w, r = node.input[0], node.input[1], node.input[2]
-    bias = node.input[3] if len(node.input) > 3 else ""
-    h0_in = node.input[5]
-    p = f"__step{k}_"  # names unique to this node
-
-    def n(name: str) -> str:
-        return p + name
-
-    consts = [
-        _int64s(n("axis0"), [0]),
-        _int64s(n("axes01"), [0, 1]),
+    n = _namer(k)
+    nodes, consts, w_bias, r_bias = _prologue(node, n, 3, hidden)  # gates z, r, h
+    consts += [
         _int64s(n("split_gates"), [2 * hidden, hidden]),
         _int64s(n("split_zr"), [hidden, hidden]),
     ]
-    nodes = [
-        _node("Squeeze", [x, n("axis0")], [n("x")]),  # [B, I]
-        _node("Squeeze", [h0_in, n("axis0")], [n("h0")]),  # [B, H]
-        _node("Squeeze", [w, n("axis0")], [n("w")]),  # [3H, I], gates z, r, h
-        _node("Squeeze", [r, n("axis0")], [n("r")]),  # [3H, H]
-    ]
-    w_bias: list[str] = []
-    r_bias: list[str] = []
-    if bias:
-        consts.append(_int64s(n("split_b"), [3 * hidden] * 2))
-        nodes += [
-            _node("Squeeze", [bias, n("axis0")], [n("b")]),  # [6H]: Wb[zrh], Rb[zrh]
-            _node("Split", [n("b"), n("split_b")], [n("wb"), n("rb")], axis=0),
-        ]
-        w_bias, r_bias = [n("wb")], [n("rb")]
     nodes += [
         _node("Gemm", [n("x"), n("w"), *w_bias], [n("gi")], transB=1),  # [B, 3H]
         _node("Split", [n("gi"), n("split_gates")], [n("gi_zr"), n("gi_h")], axis=1),
@@ -141,7 +156,7 @@ def _gru_cell(node: og.Node, k: int) -> tuple[list[og.Node], list[og.Tensor]]:
         nodes.append(_node("Split", [n("r"), n("split_gates")], [n("r_zr"), n("r_h")], axis=0))
         zr_bias: list[str] = []
         h_bias: list[str] = []
-        if bias:
+        if r_bias:
             nodes.append(
                 _node("Split", [n("rb"), n("split_gates")], [n("rb_zr"), n("rb_h")], axis=0)
             )
@@ -162,12 +177,7 @@ def _gru_cell(node: og.Node, k: int) -> tuple[list[og.Node], list[og.Tensor]]:
         _node("Mul", [n("z"), n("diff")], [n("zdiff")]),
         _node("Add", [n("h_cand"), n("zdiff")], [n("h")]),
     ]
-    y = node.output[0] if len(node.output) > 0 else ""
-    y_h = node.output[1] if len(node.output) > 1 else ""
-    if y:  # [T=1, directions=1, B, H]
-        nodes.append(_node("Unsqueeze", [n("h"), n("axes01")], [y]))
-    if y_h:  # [directions=1, B, H]
-        nodes.append(_node("Unsqueeze", [n("h"), n("axis0")], [y_h]))
+    nodes += _epilogue(node, n)
     return nodes, consts
 
 
@@ -177,34 +187,10 @@ def _lstm_cell(node: og.Node, k: int) -> tuple[list[og.Node], list[og.Tensor]]:
     cell state."""
     hidden = _attributes(node)["hidden_size"]
     assert isinstance(hidden, int)  # _writable checked it
-    inputs = list(node.input) + [""] * (8 - len(node.input))
-    x, w, r, bias, _, h0_in, c0_in, peep = inputs[:8]
-    p = f"__step{k}_"
-
-    def n(name: str) -> str:
-        return p + name
-
-    consts = [
-        _int64s(n("axis0"), [0]),
-        _int64s(n("axes01"), [0, 1]),
-        _int64s(n("split4"), [hidden] * 4),
-    ]
-    nodes = [
-        _node("Squeeze", [x, n("axis0")], [n("x")]),  # [B, I]
-        _node("Squeeze", [h0_in, n("axis0")], [n("h0")]),  # [B, H]
-        _node("Squeeze", [c0_in, n("axis0")], [n("c0")]),  # [B, H]
-        _node("Squeeze", [w, n("axis0")], [n("w")]),  # [4H, I]
-        _node("Squeeze", [r, n("axis0")], [n("r")]),  # [4H, H]
-    ]
-    w_bias: list[str] = []
-    r_bias: list[str] = []
-    if bias:
-        consts.append(_int64s(n("split_b"), [4 * hidden] * 2))
-        nodes += [
-            _node("Squeeze", [bias, n("axis0")], [n("b")]),  # [8H]: Wb[iofc], Rb[iofc]
-            _node("Split", [n("b"), n("split_b")], [n("wb"), n("rb")], axis=0),
-        ]
-        w_bias, r_bias = [n("wb")], [n("rb")]
+    peep = node.input[7] if len(node.input) > 7 else ""
+    n = _namer(k)
+    nodes, consts, w_bias, r_bias = _prologue(node, n, 4, hidden)  # gates i, o, f, c
+    consts.append(_int64s(n("split4"), [hidden] * 4))
     nodes += [
         _node("Gemm", [n("x"), n("w"), *w_bias], [n("gx")], transB=1),  # [B, 4H]
         _node("Gemm", [n("h0"), n("r"), *r_bias], [n("gh")], transB=1),
@@ -243,14 +229,7 @@ def _lstm_cell(node: og.Node, k: int) -> tuple[list[og.Node], list[og.Tensor]]:
         _node("Tanh", [n("c")], [n("tanh_c")]),
         _node("Mul", [n("o"), n("tanh_c")], [n("h")]),  # h = o * tanh(c)
     ]
-    outputs = list(node.output) + [""] * (3 - len(node.output))
-    y, y_h, y_c = outputs[:3]
-    if y:  # [T=1, directions=1, B, H]
-        nodes.append(_node("Unsqueeze", [n("h"), n("axes01")], [y]))
-    if y_h:  # [directions=1, B, H]
-        nodes.append(_node("Unsqueeze", [n("h"), n("axis0")], [y_h]))
-    if y_c:
-        nodes.append(_node("Unsqueeze", [n("c"), n("axis0")], [y_c]))
+    nodes += _epilogue(node, n)
     return nodes, consts
 
 
@@ -259,40 +238,15 @@ def _rnn_cell(node: og.Node, k: int) -> tuple[list[og.Node], list[og.Tensor]]:
     h = tanh(W x + Wb + R h0 + Rb)."""
     hidden = _attributes(node)["hidden_size"]
     assert isinstance(hidden, int)  # _writable checked it
-    inputs = list(node.input) + [""] * (6 - len(node.input))
-    x, w, r, bias, _, h0_in = inputs[:6]
-    p = f"__step{k}_"
-
-    def n(name: str) -> str:
-        return p + name
-
-    consts = [_int64s(n("axis0"), [0]), _int64s(n("axes01"), [0, 1])]
-    nodes = [
-        _node("Squeeze", [x, n("axis0")], [n("x")]),  # [B, I]
-        _node("Squeeze", [h0_in, n("axis0")], [n("h0")]),  # [B, H]
-        _node("Squeeze", [w, n("axis0")], [n("w")]),  # [H, I]
-        _node("Squeeze", [r, n("axis0")], [n("r")]),  # [H, H]
-    ]
-    w_bias: list[str] = []
-    r_bias: list[str] = []
-    if bias:
-        consts.append(_int64s(n("split_b"), [hidden] * 2))
-        nodes += [
-            _node("Squeeze", [bias, n("axis0")], [n("b")]),  # [2H]: Wb, Rb
-            _node("Split", [n("b"), n("split_b")], [n("wb"), n("rb")], axis=0),
-        ]
-        w_bias, r_bias = [n("wb")], [n("rb")]
+    n = _namer(k)
+    nodes, consts, w_bias, r_bias = _prologue(node, n, 1, hidden)
     nodes += [
         _node("Gemm", [n("x"), n("w"), *w_bias], [n("gx")], transB=1),
         _node("Gemm", [n("h0"), n("r"), *r_bias], [n("gh")], transB=1),
         _node("Add", [n("gx"), n("gh")], [n("h_in")]),
         _node("Tanh", [n("h_in")], [n("h")]),
     ]
-    outputs = list(node.output) + [""] * (2 - len(node.output))
-    if outputs[0]:  # [T=1, directions=1, B, H]
-        nodes.append(_node("Unsqueeze", [n("h"), n("axes01")], [outputs[0]]))
-    if outputs[1]:  # [directions=1, B, H]
-        nodes.append(_node("Unsqueeze", [n("h"), n("axis0")], [outputs[1]]))
+    nodes += _epilogue(node, n)
     return nodes, consts
 
 
