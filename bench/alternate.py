@@ -17,11 +17,11 @@ Each turn also records the target server's and the load generator's CPU time.
 
 Two systems compare by their steps over all measured seconds, and by the median over their
 turns of each turn's p99. Single turns scatter by ±20% even between adjacent seconds on such a
-VM (`per_cycle` shows it); the steps of some twenty interleaved turns agree from run to run
-within a few percent. The p99 of all turns' latencies pooled is reported too, but one stall of
-the machine in one turn can carry it (an A/A pair once differed 1.38x); the median of turns
-moves one rank. Two servers of the same kind in one run (an A/A pair) show how large the
-remaining noise is. Usable alone:
+VM (the table's range of single-cycle ratios shows it); the steps of some twenty interleaved
+turns agree from run to run within a few percent. The p99 of all turns' latencies pooled is
+reported too, but one stall of the machine in one turn can carry it (an A/A pair once differed
+1.38x); the median of turns moves one rank. Two servers of the same kind in one run (an A/A
+pair) show how large the remaining noise is. Usable alone:
 
     python -m bench.alternate --target echo=127.0.0.1:5001 --target rnnserve=127.0.0.1:5002
 """
@@ -40,10 +40,10 @@ from typing import Any
 import grpc
 import numpy as np
 
+from bench.loadgen import EOF, check_step, finish_stream, tensor
 from bench.procstat import cpu_seconds
+from bench.side_by_side import SideBySide, render
 from rnnserve_proto import rnnserve_pb2, rnnserve_pb2_grpc
-
-EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
 
 @dataclass(frozen=True)
@@ -114,24 +114,6 @@ class AlternateResult:
     cycles: int
     systems: dict[str, SystemResult]
 
-    def ratio(self, num: str, den: str, attr: str) -> float:
-        """`num`'s figure over `den`'s: 'steps_per_s' (steps over seconds measured, all turns)
-        or 'p99' (each system's median over turns of the turn's p99)."""
-        a, b = self.systems[num], self.systems[den]
-        if attr == "p99":
-            return a.typical_turn_ms(99) / b.typical_turn_ms(99)
-        return a.steps_per_s / b.steps_per_s
-
-    def per_cycle(self, num: str, den: str, attr: str) -> list[float]:
-        """The same ratio within each cycle (adjacent turns): how much single turns scatter."""
-        out: list[float] = []
-        for a, b in zip(self.systems[num].turns, self.systems[den].turns, strict=True):
-            if attr == "p99":
-                out.append(a.percentile_ms(99) / b.percentile_ms(99))
-            else:
-                out.append(a.steps_per_s / b.steps_per_s)
-        return out
-
     def summary(self) -> dict[str, Any]:
         """Every figure a report needs, without the raw latencies (JSON-ready)."""
         return {
@@ -198,11 +180,7 @@ async def _session(
         t1 = clock()
         if resp is EOF:
             raise RuntimeError(f"stream of {sid} on {result.name} ended: {await call.code()}")
-        s = resp.step
-        if s.status.code != 0 or len(s.output.data) != out_bytes:
-            result.errors += 1
-            if not result.first_error:
-                result.first_error = f"code={s.status.code} {s.status.message!r}"
+        check_step(resp, out_bytes, result)
         if sent == 0:
             req.step.start = False
             opened.put_nowait(None)
@@ -211,9 +189,7 @@ async def _session(
         if turn is not None and gate.count_from <= t1 <= gate.count_until:
             turn.steps += 1
             turn.latencies_s.append(t1 - t0)
-    await call.done_writing()
-    while await call.read() is not EOF:
-        pass
+    await finish_stream(call)
 
 
 async def _alternate(
@@ -240,8 +216,7 @@ async def _alternate(
             gate = gates[t.name]
             opened: asyncio.Queue[None] = asyncio.Queue()
             for i in range(sessions):  # one target at a time: each opens, then waits its turn
-                rows = rng.standard_normal((1, features), dtype=np.float32)
-                x = rnnserve_pb2.Tensor(shape=[1, features], data=rows.tobytes())
+                x = tensor(rng.standard_normal((1, features), dtype=np.float32))
                 tasks.append(
                     asyncio.create_task(
                         _session(
@@ -310,36 +285,6 @@ def run_alternate(
     )
 
 
-def describe(result: AlternateResult, baseline: str) -> str:
-    """A Markdown table: each system's pooled figures and its ratios to `baseline`."""
-    lines = [
-        f"{result.sessions} ping-pong sessions per system, {result.cycles} cycles of "
-        f"{result.window_s:g} s turns (after {result.settle_s:g} s settling each)",
-        "",
-        "| system | steps/s | p50 ms | p99 ms (median of turns) | p99 ms (all turns) "
-        "| server CPU µs/step | client CPU µs/step "
-        f"| steps/s ÷ {baseline} | p99 ÷ {baseline} "
-        "| errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, s in result.systems.items():
-        lines.append(
-            f"| {name} | {s.steps_per_s:,.0f} | {s.percentile_ms(50):.2f} | "
-            f"{s.typical_turn_ms(99):.2f} | {s.percentile_ms(99):.2f} | "
-            f"{s.cpu_us_per_step('server'):.1f} | "
-            f"{s.cpu_us_per_step('client'):.1f} | "
-            f"{result.ratio(name, baseline, 'steps_per_s'):.3f} | "
-            f"{result.ratio(name, baseline, 'p99'):.3f} | {s.errors} |"
-        )
-    for name in result.systems:
-        if name == baseline:
-            continue
-        for attr, label in (("steps_per_s", "steps/s"), ("p99", "p99")):
-            per = ", ".join(f"{v:.2f}" for v in result.per_cycle(name, baseline, attr))
-            lines.append(f"\n{name} ÷ {baseline} {label} per cycle: {per}")
-    return "\n".join(lines) + "\n"
-
-
 def _target(text: str) -> Target:
     name, _, rest = text.partition("=")
     address, _, pid = rest.partition("@")
@@ -362,10 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the figures (no raw latencies) here")
     a = p.parse_args(argv)
     result = run_alternate(a.target, a.model, a.sessions, a.cycles, a.window, a.settle)
-    print(describe(result, a.target[0].name), end="")
+    summary = result.summary()
+    table = SideBySide(a.sessions, a.cycles, a.window, systems=summary["systems"])
+    print("\n".join(render(table, baseline=a.target[0].name)))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(result.summary(), f, indent=2)
+            json.dump(summary, f, indent=2)
     return 0
 
 

@@ -26,7 +26,7 @@ import multiprocessing as mp
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import grpc
 import numpy as np
@@ -106,11 +106,19 @@ class _Window:
         await self.go.wait()
 
 
-def _tensor(rows: npt.NDArray[np.float32]) -> rnnserve_pb2.Tensor:
+def tensor(rows: npt.NDArray[np.float32]) -> rnnserve_pb2.Tensor:
     return rnnserve_pb2.Tensor(shape=list(rows.shape), data=rows.astype("<f4").tobytes())
 
 
-def _check_step(resp: rnnserve_pb2.StreamResponse, out_bytes: int, res: _WorkerResult) -> None:
+class ErrorTally(Protocol):
+    """Where a load generator counts bad replies and keeps the first one's description."""
+
+    errors: int
+    first_error: str
+
+
+def check_step(resp: rnnserve_pb2.StreamResponse, out_bytes: int, res: ErrorTally) -> None:
+    """Count a streamed step's reply as an error unless it is OK with `out_bytes` of output."""
     s = resp.step
     if s.status.code != 0 or len(s.output.data) != out_bytes:
         res.errors += 1
@@ -141,7 +149,7 @@ class _PingPong:
         return self.req
 
     def _check(self, resp: Any) -> None:
-        _check_step(resp, self.out_bytes, self.res)
+        check_step(resp, self.out_bytes, self.res)
 
     def _started(self) -> None:
         self.req.step.start = False
@@ -217,7 +225,7 @@ async def _single_session_stream(
     res: _WorkerResult,
     rng: np.random.Generator,
 ) -> None:
-    x = _tensor(rng.standard_normal((1, spec.features), dtype=np.float32))
+    x = tensor(rng.standard_normal((1, spec.features), dtype=np.float32))
     pp: _PingPong
     if spec.mode == "kserve":
         pp = _KServePingPong(spec, sid, win, res, x)
@@ -237,7 +245,7 @@ async def _single_session_stream(
         if await pp.reply(resp, t0, t1):
             break
     pp.close()
-    await _finish(call)
+    await finish_stream(call)
 
 
 async def _multiplexed_stream(
@@ -263,7 +271,7 @@ async def _multiplexed_stream(
                 fut.set_exception(RuntimeError(f"stream ended: {await call.code()}"))
 
     async def session(sid: str) -> None:
-        x = _tensor(rng.standard_normal((1, spec.features), dtype=np.float32))
+        x = tensor(rng.standard_normal((1, spec.features), dtype=np.float32))
         pp = _PingPong(spec, sid, win, res, x)
         clock = time.monotonic
         while True:
@@ -294,7 +302,7 @@ async def _frame_stream(
     rng: np.random.Generator,
 ) -> None:
     n = len(sids)
-    x = _tensor(rng.standard_normal((n, 1, spec.features), dtype=np.float32))
+    x = tensor(rng.standard_normal((n, 1, spec.features), dtype=np.float32))
     req = rnnserve_pb2.StreamRequest(
         frame=rnnserve_pb2.FrameRequest(
             model=spec.model, session_ids=sids, input=x, start=[True] * n
@@ -329,10 +337,10 @@ async def _frame_stream(
             frames += 1
             res.latencies_s.append(t1 - t0)
     res.starved += n if frames == 0 else 0
-    await _finish(call)
+    await finish_stream(call)
 
 
-async def _finish(call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
+async def finish_stream(call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
     """Half-close and drain, so the server sees a clean end of stream."""
     await call.done_writing()
     while await call.read() is not EOF:
