@@ -1,9 +1,9 @@
 """The compute floor: ONNX Runtime running the benchmark model in-process, batches of 256
 sessions x 1 step, the recurrent state fed back each run. No gRPC, no Python per session.
 
-`graph="step"` runs the copy of the graph that rnnserve runs for one-step batches (its GRU
-nodes written out, `rnnserve_server.step_graph`), so that the floor is the faster of the two
-ways ORT can compute the same batch, as rnnserve may use either."""
+`graph="step"` runs the copy of the graph that rnnserve may run for one-step batches (its RNN,
+GRU and LSTM cells written out, `rnnserve_server.step_graph`), so that the floor is the faster
+of the two ways ORT can compute the same batch, as rnnserve may use either."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def make_session(
     if graph == "step":
         made = single_step_graph(model.onnx_path.read_bytes())
         if made is None:
-            raise ValueError(f"{model.name} has no step graph (no GRU nodes to write out)")
+            raise ValueError(
+                f"{model.name} has no step graph (no RNN, GRU or LSTM cells to write out)"
+            )
         return ort.InferenceSession(made[0], opts, providers=providers)
     return ort.InferenceSession(str(model.onnx_path), opts, providers=providers)
 
