@@ -30,6 +30,16 @@ def run_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def table_rows(text: str, *starts: str) -> dict[str, list[str]]:
+    """The Markdown table rows of `text` that begin with one of `starts`: first cell -> the
+    other cells, stripped."""
+    return {
+        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+        for line in text.splitlines()
+        if line.startswith(starts)
+    }
+
+
 @pytest.mark.timeout(120)
 def test_harness_measures_echo_and_naive(tmp_path: Path) -> None:
     out = tmp_path / "serving.md"
@@ -138,11 +148,7 @@ def test_ab_rounds_compare_variants_within_each_round() -> None:
         "workers:RNNSERVE_BATCHER__INLINE_MAX_STEPS=0",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {
-        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
-        for line in proc.stdout.splitlines()
-        if line.startswith("| echo ") or line.startswith("| workers:")
-    }
+    rows = table_rows(proc.stdout, "| echo ", "| workers:")
     assert set(rows) == {"echo", "workers:RNNSERVE_BATCHER__INLINE_MAX_STEPS=0"}
     echo, workers = rows["echo"], rows["workers:RNNSERVE_BATCHER__INLINE_MAX_STEPS=0"]
     assert echo[5:8] == ["1.000", "1.000", "1.00, 1.00"]  # the baseline against itself
@@ -169,11 +175,7 @@ def test_ab_side_by_side_runs_the_variants_at_once() -> None:
         variant,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {
-        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
-        for line in proc.stdout.splitlines()
-        if line.startswith("| 1:") or line.startswith("| 2:")
-    }
+    rows = table_rows(proc.stdout, "| 1:", "| 2:")
     assert set(rows) == {"1:echo", "2:rnnserve"}
     assert rows["1:echo"][4].startswith("1.000")  # the baseline against itself
     assert float(rows["2:rnnserve"][0].replace(",", "")) > 0
