@@ -301,6 +301,16 @@ def offline(root: Path, name: str, version: int, x: np.ndarray) -> np.ndarray:
     return y32[0] if x.ndim == 2 else y32
 
 
+RECURRENT_OPS = ("RNN", "GRU", "LSTM")  # the ONNX ops a step graph writes out
+
+
+def forward_cells_only(graph: onnx.GraphProto) -> bool:
+    """The graph has recurrent ops and all of them run forward (no `direction` attribute): the
+    kind of model the step graph can rewrite (tests decide this independently of the rewrite)."""
+    cells = [n for n in graph.node if n.op_type in RECURRENT_OPS]
+    return bool(cells) and all(all(a.name != "direction" for a in n.attribute) for n in cells)
+
+
 def service_settings(root: Path, **overrides: Any) -> Any:
     """ServerSettings for an in-process service on `root`: CPU, one ORT thread, fast checks."""
     from rnnserve_server.config import ServerSettings

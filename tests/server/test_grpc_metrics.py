@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from fixtures import forward_cells_only
 from grpc_helpers import ServerProcess, Stubs, raw_input, run_stream, step_request, tensor
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -166,13 +167,12 @@ def test_model_info_says_which_models_run_a_step_graph(
         if name == "rnnserve_model_info" and v == 1:
             info = dict(labels)
             seen[(info["model"], int(info["version"]))] = info["step_graph"]
-    writable = set()
-    for name, versions in scan(repository, None).items():
-        for version, mv in versions.items():
-            graph = onnx.load(str(mv.onnx_path)).graph
-            cells = [n for n in graph.node if n.op_type in ("RNN", "GRU", "LSTM")]
-            if cells and all(all(a.name != "direction" for a in n.attribute) for n in cells):
-                writable.add((name, version))
+    writable = {
+        (name, version)
+        for name, versions in scan(repository, None).items()
+        for version, mv in versions.items()
+        if forward_cells_only(onnx.load(str(mv.onnx_path)).graph)
+    }
     assert set(seen) == {(n, v) for n, vs in scan(repository, None).items() for v in vs}
     assert set(seen.values()) <= {"true", "false"}
     assert {k for k, v in seen.items() if v == "true"} <= writable

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from fixtures import F, H, build_repository
+from fixtures import RECURRENT_OPS, F, H, build_repository, forward_cells_only
 from onnx import TensorProto, helper, numpy_helper
 
 from rnnserve_server import repository
@@ -22,7 +22,6 @@ from rnnserve_server.runtime import ModelRunner
 from rnnserve_server.step_graph import single_step_graph
 
 TOLERANCE = 1e-5
-CELLS = ("RNN", "GRU", "LSTM")
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -56,9 +55,9 @@ def _assert_same_one_step(model: onnx.ModelProto, batches: tuple[int, ...] = (1,
     step = onnx.load_from_string(made[0])
     onnx.checker.check_model(step)
     written = made[1]
-    cells = sum(1 for n in model.graph.node if n.op_type in CELLS)
+    cells = sum(1 for n in model.graph.node if n.op_type in RECURRENT_OPS)
     assert written == cells > 0
-    assert not any(n.op_type in CELLS for n in step.graph.node)
+    assert not any(n.op_type in RECURRENT_OPS for n in step.graph.node)
     original, rewritten = _session(model), _session(step)
     for batch in batches:
         feeds = _random_feeds(original, batch, seed=batch)
@@ -85,9 +84,7 @@ def test_every_recurrent_op_model_of_the_repository_gets_an_exact_step_graph(
     rewritten = []
     for label, path in _models(repository):
         model = onnx.load(str(path))
-        cells = [n for n in model.graph.node if n.op_type in CELLS]
-        forward = all(all(a.name != "direction" for a in n.attribute) for n in cells)
-        if cells and forward:
+        if forward_cells_only(model.graph):
             _assert_same_one_step(model)
             rewritten.append(label)
         else:
